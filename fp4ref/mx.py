@@ -1,0 +1,194 @@
+"""OCP Microscaling block quantization: MXTensor, scale modes, quantize_mx / dequantize_mx (SPEC §4).
+
+Per block of ``block_size`` elements along ``axis``: ``amax = max |x|`` in float32, a power-of-two scale
+``2^X`` chosen by ``scale_mode`` from amax's float32 bits (never log2), scale byte ``clamp(X, -127, 127) + 127``,
+element codes ``encode(x / 2^X, elem, saturate=True)`` (exact: the scale is a power of two).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .codecs import (check_float_tensor, check_uint8_tensor, decode, decode_table, e8m0_to_float,
+                     magnitude_codes)
+from .formats import ELEMENT_FORMATS, Format, get_format
+from .layouts import as_e8m0, as_float4_x2, pack_fp4, unpack_fp4
+
+SCALE_MODES = ("floor", "ceil", "even", "rceil", "stretch")
+NAN_SCALE = 0xFF
+
+
+@dataclass
+class MXTensor:
+    """MX-quantized tensor. ``data``: uint8 codes with the blocked axis last (packed two per byte for
+    e2m1); ``scales``: uint8 E8M0 [..., K/block_size]; ``shape``: the original shape; ``axis``: the blocked axis
+    of the original shape (data and scales hold it moved last)."""
+
+    data: torch.Tensor
+    scales: torch.Tensor
+    elem: str
+    block_size: int
+    shape: torch.Size
+    scale_mode: str = "floor"
+    axis: int = -1
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_mx(self, dtype)
+
+    def codes(self) -> torch.Tensor:
+        """Element codes, one per byte, blocked axis last."""
+        return unpack_fp4(self.data) if self.elem == "e2m1" else self.data
+
+    def to_torch_dtypes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data, scales) as torch dtype views: float4_e2m1fn_x2 / float8_e4m3fn / float8_e5m2 data (uint8
+        for the FP6 formats, which torch lacks) and float8_e8m0fnu scales."""
+        views = {"e2m1": as_float4_x2, "e4m3": lambda d: d.view(torch.float8_e4m3fn),
+                 "e5m2": lambda d: d.view(torch.float8_e5m2)}
+        data = views.get(self.elem, lambda d: d)(self.data)
+        return data, as_e8m0(self.scales)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+
+def check_block_args(x: torch.Tensor, block_size: int, axis: int, *, need_even: bool) -> int:
+    """Validate a block quantizer's arguments; returns the normalized (non-negative) axis."""
+    check_float_tensor(x)
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if need_even and block_size % 2:
+        raise ValueError(f"block_size must be even for packed FP4 (two codes per byte), got {block_size}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension")
+    if not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis={axis} is out of range for x with {x.dim()} dimensions")
+    axis %= x.dim()
+    if x.shape[axis] % block_size:
+        raise ValueError(f"x.shape[{axis}] = {x.shape[axis]} is not a multiple of block_size={block_size}")
+    return axis
+
+
+def check_mx_args(x: torch.Tensor, elem: str, block_size: int, scale_mode: str, axis: int) -> tuple[Format, int]:
+    f = get_format(elem, arg="elem", allowed=ELEMENT_FORMATS)
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(f"scale_mode={scale_mode!r} is not one of {SCALE_MODES}")
+    if scale_mode == "stretch" and f.name != "e2m1":
+        raise ValueError("scale_mode='stretch' (the 4/3 rule of QuTLASS/FP-Quant) is defined for elem='e2m1' only")
+    return f, check_block_args(x, block_size, axis, need_even=f.name == "e2m1")
+
+
+def block_amax(xb: torch.Tensor) -> torch.Tensor:
+    """max |x| over the last dimension in float32; NaN anywhere gives NaN (torch.amax propagates it)."""
+    return xb.abs().amax(dim=-1)
+
+
+def scale_exponent(amax: torch.Tensor, f: Format, scale_mode: str) -> torch.Tensor:
+    """Unclamped scale exponent X (int32) from amax's float32 bits (E = field - 127, so subnormals -127)."""
+    bits = amax.float().contiguous().view(torch.int32)
+    e = ((bits >> 23) & 0xFF) - 127
+    m = bits & 0x7FFFFF
+    if scale_mode == "floor":
+        return e - f.emax
+    if scale_mode == "ceil":
+        return e + (m != 0).to(torch.int32) - f.emax
+    if scale_mode == "even":
+        return (((bits + (1 << 21)) >> 23) & 0xFF) - 127 - f.emax
+    if scale_mode == "stretch":
+        return e
+    # rceil: smallest X with 2^X >= fp32(amax / max_elem).
+    d = amax.float() / f.max_finite
+    db = d.view(torch.int32)
+    de, dm = (db >> 23) & 0xFF, db & 0x7FFFFF
+    normal = de - 127 + (dm != 0).to(torch.int32)
+    subnormal = -127 + (dm > 0x400000).to(torch.int32)
+    return torch.where(de > 0, normal, subnormal)
+
+
+def scale_bytes(amax: torch.Tensor, f: Format, scale_mode: str) -> torch.Tensor:
+    """E8M0 scale byte per block: clamp(X, -127, 127) + 127; 0 for amax == 0; 0xFF for NaN/Inf amax."""
+    x = scale_exponent(amax, f, scale_mode).clamp_(-127, 127) + 127
+    x = torch.where(amax == 0, 0, x)
+    x = torch.where(torch.isfinite(amax), x, NAN_SCALE)
+    return x.to(torch.uint8)
+
+
+def inverse_scale(scales: torch.Tensor) -> torch.Tensor:
+    """Exact float32 2^-(byte-127) (byte 254 -> the subnormal 2^-127); NaN-scale bytes give 0 (unused)."""
+    field = 254 - scales.to(torch.int32)
+    bits = torch.where(field > 0, field << 23, 0x00400000)
+    bits = torch.where(scales == NAN_SCALE, 0, bits)
+    return bits.view(torch.float32)
+
+
+def quantize_mx(x: torch.Tensor, elem: str = "e2m1", *, block_size: int = 32, scale_mode: str = "floor",
+                axis: int = -1) -> MXTensor:
+    """MX-quantize ``x`` in blocks along ``axis`` (SPEC §4). A block holding NaN/Inf gets scale 0xFF and codes 0.
+
+    ``scale_mode="stretch"`` (e2m1 only): X = amax's exponent, codes ``encode(fp32(3 * fp32(x / 2^X)))``.
+    """
+    f, ax = check_mx_args(x, elem, block_size, scale_mode, axis)
+    xm = x.movedim(ax, -1) if ax != x.dim() - 1 else x
+    lead, k = xm.shape[:-1], xm.shape[-1]
+    xb = xm.reshape(*lead, k // block_size, block_size)
+    a = xb.float().abs()  # a fresh float32 buffer: later steps work in place on it
+    amax = a.amax(dim=-1)
+    scales = scale_bytes(amax, f, scale_mode)
+    a.mul_(inverse_scale(scales).unsqueeze(-1))
+    if scale_mode == "stretch":
+        a.mul_(3.0)
+    codes = magnitude_codes(a, f, saturate=True).to(torch.uint8)
+    codes |= torch.signbit(xb).to(torch.uint8) << (f.ebits + f.mbits)
+    bad = scales == NAN_SCALE
+    if bool(bad.any()):
+        codes.masked_fill_(bad.unsqueeze(-1), 0)
+    codes = codes.reshape(*lead, k)
+    data = pack_fp4(codes) if f.name == "e2m1" else codes
+    return MXTensor(data, scales, f.name, block_size, x.shape, scale_mode, ax)
+
+
+def check_mx_tensor(q: object, arg: str = "q") -> MXTensor:
+    """Validate an MXTensor's fields against each other (dtypes, shapes, block size)."""
+    if not isinstance(q, MXTensor):
+        raise TypeError(f"{arg} must be an MXTensor, got {type(q).__name__}")
+    f = get_format(q.elem, arg=f"{arg}.elem", allowed=ELEMENT_FORMATS)
+    check_uint8_tensor(q.data, f"{arg}.data")
+    check_uint8_tensor(q.scales, f"{arg}.scales")
+    if q.scale_mode not in SCALE_MODES:
+        raise ValueError(f"{arg}.scale_mode={q.scale_mode!r} is not one of {SCALE_MODES}")
+    shape = torch.Size(q.shape)
+    ax = q.axis % len(shape)
+    moved = list(shape[:ax]) + list(shape[ax + 1:]) + [shape[ax]]
+    k = moved[-1]
+    want_data = tuple(moved[:-1] + [k // 2 if f.name == "e2m1" else k])
+    want_scales = tuple(moved[:-1] + [k // q.block_size])
+    if k % q.block_size or tuple(q.data.shape) != want_data:
+        raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {want_data} for shape "
+                         f"{tuple(shape)}, elem={f.name}, axis={q.axis}")
+    if tuple(q.scales.shape) != want_scales:
+        raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected {want_scales} "
+                         f"(one scale per block of {q.block_size})")
+    if q.scales.device != q.data.device:
+        raise ValueError(f"{arg}.scales is on {q.scales.device} but {arg}.data is on {q.data.device}")
+    return q
+
+
+def dequantize_mx(q: MXTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``decode(code) * 2^(byte - 127)`` exactly in float32 (stretch: then ``/ 3``); a 0xFF scale gives NaN."""
+    check_mx_tensor(q)
+    codes = unpack_fp4(q.data.view(torch.uint8)) if q.elem == "e2m1" else q.data.view(torch.uint8)
+    lead, k = codes.shape[:-1], codes.shape[-1]
+    vals = decode_table(q.elem, codes.device)[codes.long()].view(*lead, k // q.block_size, q.block_size)
+    vals = vals * e8m0_to_float(q.scales).unsqueeze(-1)
+    if q.scale_mode == "stretch":
+        vals = vals / 3.0
+    out = vals.reshape(*lead, k)
+    ax = q.axis % len(q.shape)
+    if ax != len(q.shape) - 1:
+        out = out.movedim(-1, ax)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+__all__ = ["MXTensor", "quantize_mx", "dequantize_mx", "SCALE_MODES", "scale_bytes", "scale_exponent",
+           "inverse_scale", "check_mx_args", "check_mx_tensor", "check_block_args", "decode"]

@@ -1,0 +1,167 @@
+"""NVFP4: E2M1 elements, an E4M3 scale per block of 16, and a float32 per-tensor scale (SPEC §5).
+
+One small function per recipe step; every float operation is a single float32 op in the order written
+(`fp32(a * b)`), so the rounding order that makes each recipe's bytes is visible in the code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .codecs import check_uint8_tensor, decode_table, encode, magnitude_codes
+from .formats import E2M1, E4M3
+from .layouts import as_e4m3, as_float4_x2, pack_fp4, unpack_fp4
+from .mx import block_amax, check_block_args
+
+RECIPES = ("te", "torchao", "modelopt", "compressed-tensors")
+FLT_MAX = torch.finfo(torch.float32).max
+E4M3_NAN = 0x7F
+
+
+def f32(v: float | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A float32 scalar tensor (so that scalar arithmetic rounds in float32, not float64)."""
+    return torch.as_tensor(v, dtype=torch.float32, device=device).clone()
+
+
+@dataclass
+class NVFP4Tensor:
+    """NVFP4-quantized tensor: ``data`` packed E2M1 uint8 [..., K/2]; ``scales`` E4M3 bytes [..., K/block];
+    ``global_scale`` float32 scalar in the decode direction (value = e2m1 * e4m3 * global_scale)."""
+
+    data: torch.Tensor
+    scales: torch.Tensor
+    global_scale: torch.Tensor
+    recipe: str
+    shape: torch.Size
+    block_size: int = 16
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_nvfp4(self, dtype)
+
+    def codes(self) -> torch.Tensor:
+        return unpack_fp4(self.data)
+
+    def to_torch_dtypes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float4_e2m1fn_x2 data, float8_e4m3fn scales) views."""
+        return as_float4_x2(self.data), as_e4m3(self.scales)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+
+def finite_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over the finite elements (0 if there are none), float32 scalar."""
+    a = x.float().abs()
+    a = torch.where(torch.isfinite(a), a, 0.0)
+    return a.amax() if a.numel() else f32(0.0, x.device)
+
+
+def check_nvfp4_args(x: torch.Tensor, global_amax, recipe: str, block_size: int) -> torch.Tensor | None:
+    """Validate quantize_nvfp4's arguments; returns global_amax as a float32 scalar tensor (or None)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r} is not one of {RECIPES}")
+    check_block_args(x, block_size, -1, need_even=True)
+    if global_amax is None:
+        return None
+    g = torch.as_tensor(global_amax, dtype=torch.float32, device=x.device)
+    if g.numel() != 1:
+        raise ValueError(f"global_amax must be a scalar, got shape {tuple(g.shape)}")
+    g = g.reshape(())
+    if not bool(torch.isfinite(g)) or bool(g < 0):
+        raise ValueError(f"global_amax must be finite and >= 0, got {float(g)}")
+    return g
+
+
+# --- recipe "te": NVIDIA Transformer Engine's chain -------------------------------------------------------
+def te_encode_scale(amax: torch.Tensor) -> torch.Tensor:
+    """S_enc = fp32(2688 / A) clamped to FLT_MAX; 1 where A == 0 or S_enc == 0."""
+    s = torch.clamp(f32(2688.0, amax.device) / amax, max=FLT_MAX)
+    return torch.where((amax == 0) | (s == 0), f32(1.0, amax.device), s)
+
+
+def te_block_scale(bamax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
+    """s_b = e4m3_satfinite(fp32(block_amax * fp32(S_enc * fp32(1/6)))) as E4M3 bytes."""
+    k = s_enc * f32(1.0 / 6.0, s_enc.device)
+    return encode(bamax * k, E4M3, saturate=True)
+
+
+def te_element_scale(s_b: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
+    """enc = min(fp32(1 / fp32(decode(s_b) * S_dec)), FLT_MAX)."""
+    return torch.clamp(1.0 / (decode_table(E4M3, s_b.device)[s_b.long()] * s_dec), max=FLT_MAX)
+
+
+def _quantize_te(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor):
+    s_enc = te_encode_scale(amax)
+    s_b = te_block_scale(bamax, s_enc)
+    s_dec = 1.0 / s_enc
+    enc = te_element_scale(s_b, s_dec)
+    return xb * enc.unsqueeze(-1), s_b, s_dec
+
+
+# --- recipe "torchao": torchao nvfp4_quantize, two-level --------------------------------------------------
+def _quantize_torchao(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor):
+    """pts = fp32(A / 2688); s = e4m3(clamp(fp32(fp32(bamax / 6) / pts), 2^-6, 448));
+    elements fp32(x * fp32(fp32(1 / pts) / s))."""
+    pts = amax / f32(2688.0, amax.device)
+    bs = bamax / f32(6.0, amax.device)
+    s_b = encode(torch.clamp(bs / pts, min=2.0 ** -6, max=448.0), E4M3, saturate=True)
+    r = (1.0 / pts) / decode_table(E4M3, s_b.device)[s_b.long()]
+    return xb * r.unsqueeze(-1), s_b, pts
+
+
+_RECIPE_FUNCS = {"te": _quantize_te, "torchao": _quantize_torchao}
+
+
+def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None = None, recipe: str = "te",
+                   block_size: int = 16) -> NVFP4Tensor:
+    """NVFP4-quantize ``x`` in blocks along the last dim with ``recipe`` (SPEC §5). ``global_amax`` defaults
+    to max |x| over the finite elements. A block holding NaN/Inf gets scale 0x7F and codes 0."""
+    g = check_nvfp4_args(x, global_amax, recipe, block_size)
+    if recipe not in _RECIPE_FUNCS:
+        raise NotImplementedError(f"recipe={recipe!r} is not implemented yet")
+    amax = finite_amax(x) if g is None else g
+    lead, k = x.shape[:-1], x.shape[-1]
+    xb = x.reshape(*lead, k // block_size, block_size).float()
+    bamax = block_amax(xb)
+    y, s_b, global_scale = _RECIPE_FUNCS[recipe](xb, bamax, amax)
+    codes = magnitude_codes(y.abs(), E2M1, saturate=True).to(torch.uint8)
+    codes |= torch.signbit(y).to(torch.uint8) << 3
+    bad = ~torch.isfinite(bamax)
+    if bool(bad.any()):
+        codes.masked_fill_(bad.unsqueeze(-1), 0)
+        s_b = s_b.masked_fill(bad, E4M3_NAN)
+    return NVFP4Tensor(pack_fp4(codes.reshape(*lead, k)), s_b, global_scale.reshape(()), recipe, x.shape,
+                       block_size)
+
+
+def check_nvfp4_tensor(q: object, arg: str = "q") -> NVFP4Tensor:
+    """Validate an NVFP4Tensor's fields against each other."""
+    if not isinstance(q, NVFP4Tensor):
+        raise TypeError(f"{arg} must be an NVFP4Tensor, got {type(q).__name__}")
+    check_uint8_tensor(q.data, f"{arg}.data")
+    check_uint8_tensor(q.scales, f"{arg}.scales")
+    shape = tuple(q.shape)
+    if not shape or shape[-1] % q.block_size:
+        raise ValueError(f"{arg}.shape={shape} has a last dimension that is not a multiple of {q.block_size}")
+    if tuple(q.data.shape) != shape[:-1] + (shape[-1] // 2,):
+        raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {shape[:-1] + (shape[-1] // 2,)}")
+    if tuple(q.scales.shape) != shape[:-1] + (shape[-1] // q.block_size,):
+        raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected "
+                         f"{shape[:-1] + (shape[-1] // q.block_size,)}")
+    if not isinstance(q.global_scale, torch.Tensor) or q.global_scale.numel() != 1:
+        raise ValueError(f"{arg}.global_scale must be a float32 scalar tensor")
+    return q
+
+
+def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``fp32(fp32(decode_e2m1(code) * decode_e4m3(s_b)) * global_scale)``; a NaN scale gives NaN."""
+    check_nvfp4_tensor(q)
+    codes = unpack_fp4(q.data.view(torch.uint8))
+    lead, k = codes.shape[:-1], codes.shape[-1]
+    vals = decode_table(E2M1, codes.device)[codes.long()].view(*lead, k // q.block_size, q.block_size)
+    sb = decode_table(E4M3, codes.device)[q.scales.view(torch.uint8).long()]
+    out = (vals * sb.unsqueeze(-1)) * q.global_scale.to(device=codes.device, dtype=torch.float32)
+    out = out.reshape(*lead, k)
+    return out if dtype == torch.float32 else out.to(dtype)
