@@ -4,7 +4,7 @@ Per K-block j: ``P_j = C_a[:, j] · C_b[:, j]ᵀ`` on the E2M1 element values (m
 magnitude, so every partial sum is exact even in a float32 matmul), times the outer product of the block
 scales (exact in float64); the terms are added in float64 in increasing j. The constant factor of the
 operands (NVFP4: ``fp32(global_scale_a * global_scale_b)``; MX "stretch": 1/3 per operand) multiplies the
-sum exactly, and the result is rounded once to ``out_dtype`` (round to odd on the way down, so that a
+sum, and the result is rounded once to ``out_dtype`` (round to odd on the way down, so that a
 narrow output is not double rounded).
 """
 from __future__ import annotations
@@ -52,6 +52,40 @@ def check_fp4_mm(a: object, b: object, out_dtype: object = torch.float32) -> str
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of float32, bfloat16, float16, float64, got {out_dtype}")
     return ka
+
+
+check_mm_args = check_fp4_mm  # the name fp4ref.ops and fp4ref_cuda use
+
+
+def check_linear_args(x: object, w: object, bias: object = None) -> str:
+    """Argument checks of ``fp4_linear`` (x (..., K) float, w (N, K) quantized, bias (N,)); returns the kind."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in OUT_DTYPES:
+        raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
+    kind = {MXTensor: "mx", NVFP4Tensor: "nvfp4"}.get(type(w))
+    if kind is None:
+        raise TypeError(f"w must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
+    if kind == "mx":
+        check_mx_tensor(w, "w")
+        if w.elem != "e2m1" or w.axis % len(w.shape) != len(w.shape) - 1:
+            raise ValueError(f"w must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
+                             f"elem={w.elem!r}, axis={w.axis}")
+    else:
+        check_nvfp4_tensor(w, "w")
+    if len(w.shape) != 2:
+        raise ValueError(f"w must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
+    if x.dim() == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(w.shape)}; "
+                         f"fp4_linear computes x @ wᵀ")
+    if x.device != w.data.device:
+        raise ValueError(f"x is on {x.device} and w is on {w.data.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+            raise TypeError("bias must be a floating-point tensor or None")
+        if tuple(bias.shape) != (w.shape[0],):
+            raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(bias.shape)}")
+    return kind
 
 
 def _values_and_scales(q: MXTensor | NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,27 +141,39 @@ def _times(s: torch.Tensor, g: float) -> tuple[torch.Tensor, torch.Tensor]:
     return p, torch.sign((hi * g - p) + lo * g)
 
 
-def _over(s: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(RN(s/d), sign of s/d - RN(s/d)) for a small positive integer d (3 or 9)."""
-    q = s / d
-    p, e = q * d, None
-    hi, lo = _split(q)
-    e = (hi * d - p) + lo * d           # q·d = p + e exactly (Dekker)
-    return q, torch.sign((s - p) - e)   # s - p is exact (Sterbenz): sign(s - q·d) = sign(s/d - q)
-
-
 def round_to(hi: torch.Tensor, resid_sign: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """Correctly rounds the exact value ``hi + r`` (``hi`` float64 = RN of it, ``resid_sign`` = sign of r) to
-    ``out_dtype``, turning -0 into +0 (the accumulator starts at +0)."""
+    ``out_dtype``. An exact zero is +0 (the accumulator starts at +0); a tiny nonzero value keeps its sign."""
+    hi = hi + 0.0
     if out_dtype == torch.float64:
-        return hi + 0.0
+        return hi
     if resid_sign is not None:
         hi = _nudge_to_odd(hi, resid_sign > 0, resid_sign < 0)
     r = hi.float()
     if out_dtype != torch.float32:
         back = r.double()
         r = _nudge_to_odd(r, hi > back, hi < back).to(out_dtype)
-    return r + 0.0
+    return r
+
+
+def fp4_linear(x: torch.Tensor, w: MXTensor | NVFP4Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only FP4 (W4A16): ``x @ deq(w)ᵀ (+ bias)`` in float64, rounded once to ``x.dtype``.
+
+    ``deq(w)`` = element · block scale (exact in float64); the NVFP4 global scale and the MX stretch 1/3
+    multiply the float64 product afterwards, then the bias is added. The float64 dot products are not
+    exact, so this is within a few float64 ulps of the exact value, not correctly rounded.
+    """
+    kind = check_linear_args(x, w, bias)
+    vals, scales = _values_and_scales(w)
+    wd = (vals.double() * scales.T.unsqueeze(-1)).transpose(0, 1).reshape(w.shape[0], w.shape[1])
+    y = x.reshape(-1, x.shape[-1]).double() @ wd.T
+    if kind == "nvfp4":
+        y = y * float(w.global_scale.to(torch.float32))
+    elif w.scale_mode == "stretch":
+        y = y / 3.0
+    if bias is not None:
+        y = y + bias.to(device=y.device, dtype=torch.float64)
+    return round_to(y, None, x.dtype).reshape(*x.shape[:-1], w.shape[0])
 
 
 def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
@@ -146,9 +192,11 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
         g = float(ga * b.global_scale.to(device=s.device, dtype=torch.float32).reshape(()))
         hi, sign = _times(s, g)
     else:
+        # A quotient by 3 or 9 of a 53-bit S is never within half a float64 ulp of a narrower format's
+        # midpoint (S - d·m is a nonzero multiple of ulp(S) > d/2 · ulp(S/d)), so RN(S/d) rounds once.
         d = 3 ** ((a.scale_mode == "stretch") + (b.scale_mode == "stretch"))
-        hi, sign = (s, None) if d == 1 else _over(s, float(d))
+        hi, sign = (s, None) if d == 1 else (s / d, None)
     return round_to(hi, sign, out_dtype)
 
 
-__all__ = ["fp4_mm", "check_fp4_mm", "exact_block_sum", "round_to", "OUT_DTYPES"]
+__all__ = ["fp4_mm", "fp4_linear", "check_fp4_mm", "check_mm_args", "check_linear_args", "exact_block_sum", "round_to", "OUT_DTYPES"]

@@ -11,11 +11,11 @@ to float32 (the formats' input precision) and then quantized exactly as ``quanti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .codecs import check_float_tensor, decode_table, e8m0_to_float, encode, magnitude_codes
+from .codecs import decode_table, e8m0_to_float, encode, magnitude_codes
 from .formats import E2M1, E4M3, ELEMENT_FORMATS, get_format
 from .layouts import pack_fp4
 from .mx import SCALE_MODES, MXTensor, inverse_scale, scale_bytes
@@ -43,9 +43,11 @@ def _check_search(scale_search: str) -> str:
     return scale_search
 
 
-def _blocks(W: torch.Tensor, g: int) -> torch.Tensor:
-    rows, cols = W.shape
-    return W.reshape(rows, cols // g, g)
+def _group_cols(t: torch.Tensor, col0: int, ncols: int, g: int) -> torch.Tensor:
+    """The per-group tensor ``t`` (rows, n_groups) expanded to columns col0 .. col0+ncols (a view for one column)."""
+    if ncols == 1:
+        return t[:, col0 // g:col0 // g + 1]
+    return t[:, torch.arange(col0, col0 + ncols, device=t.device) // g]
 
 
 class Grid:
@@ -125,8 +127,8 @@ class IntTensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         idx = torch.arange(self.shape[1], device=self.codes.device) // self.group_size
-        s, z = self.scales[:, idx].double(), self.zeros[:, idx].double()
-        return (s * (self.codes.double() - z)).to(dtype)
+        s, z = self.scales[:, idx], self.zeros[:, idx]
+        return (s * (self.codes.to(s.dtype) - z)).to(dtype)
 
 
 class IntGrid(Grid):
@@ -134,16 +136,19 @@ class IntGrid(Grid):
 
     Symmetric: ``s = 2·max|x| / (2^bits − 1)``, ``z = 2^(bits−1)``; asymmetric: range [min(x, 0), max(x, 0)],
     ``z = round(−min/s)``; an all-zero group gets the range [−1, 1]. ``group_size=None``: one group per row.
-    Arithmetic runs in the dtype of the weights handed in (float64 inside GPTQ).
+    All arithmetic runs in ``dtype`` (float64; float32 is gptq.py's own precision), whatever the input's.
     """
 
-    def __init__(self, bits: int = 4, group_size: int | None = 128, symmetric: bool = True):
+    def __init__(self, bits: int = 4, group_size: int | None = 128, symmetric: bool = True,
+                 dtype: torch.dtype = torch.float64):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"bits must be an int from 2 to 8, got {bits!r}")
         if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
                                        or group_size < 1):
             raise ValueError(f"group_size must be a positive int or None (per row), got {group_size!r}")
-        self.bits, self.symmetric, self.maxq = bits, bool(symmetric), 2**bits - 1
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.bits, self.symmetric, self.maxq, self.dtype = bits, bool(symmetric), 2**bits - 1, dtype
         self._group_size = group_size
 
     @property
@@ -165,6 +170,7 @@ class IntGrid(Grid):
         return super().group_errors(W, fitted)
 
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.dtype)
         zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         xmin, xmax = torch.minimum(x.amin(1), zero), torch.maximum(x.amax(1), zero)
         if self.symmetric:
@@ -187,19 +193,18 @@ class IntGrid(Grid):
         return IntScales(torch.stack([p[0] for p in parts], 1), torch.stack([p[1] for p in parts], 1))
 
     def _refit_group(self, fitted: IntScales, W_group: torch.Tensor, group: int) -> None:
-        s, z = self._params(W_group.to(fitted.scale.dtype))
+        s, z = self._params(W_group)
         fitted.scale[:, group], fitted.zero[:, group] = s, z
 
     def _index(self, col0: int, cols: int, fitted: IntScales) -> tuple[torch.Tensor, torch.Tensor]:
         if self._group_size is None:
             return fitted.scale[:, :1], fitted.zero[:, :1]
-        idx = torch.arange(col0, col0 + cols, device=fitted.scale.device) // self._group_size
-        return fitted.scale[:, idx], fitted.zero[:, idx]
+        return (_group_cols(fitted.scale, col0, cols, self._group_size),
+                _group_cols(fitted.zero, col0, cols, self._group_size))
 
     def _codes(self, W: torch.Tensor, col0: int, fitted: IntScales) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s, z = self._index(col0, W.shape[1], fitted)
-        s, z = s.to(W.dtype), z.to(W.dtype)
-        return torch.clamp(torch.round(W / s) + z, 0, self.maxq), s, z
+        return torch.clamp(torch.round(W.to(self.dtype) / s) + z, 0, self.maxq), s, z
 
     def _values(self, W: torch.Tensor, col0: int, fitted: IntScales) -> torch.Tensor:
         q, s, z = self._codes(W, col0, fitted)
@@ -207,11 +212,11 @@ class IntGrid(Grid):
 
     def quantize_column(self, w_col: torch.Tensor, col_index: int, fitted: IntScales) -> torch.Tensor:
         g = 0 if self._group_size is None else col_index // self._group_size
-        s, z = fitted.scale[:, g].to(w_col.dtype), fitted.zero[:, g].to(w_col.dtype)
-        return s * (torch.clamp(torch.round(w_col / s) + z, 0, self.maxq) - z)
+        s, z = fitted.scale[:, g], fitted.zero[:, g]
+        return (s * (torch.clamp(torch.round(w_col.to(self.dtype) / s) + z, 0, self.maxq) - z)).to(w_col.dtype)
 
     def _encode(self, W_hat: torch.Tensor, fitted: IntScales) -> IntTensor:
-        q, _, _ = self._codes(W_hat.double(), 0, IntScales(fitted.scale.double(), fitted.zero.double()))
+        q, _, _ = self._codes(W_hat, 0, fitted)
         gs = W_hat.shape[1] if self._group_size is None else self._group_size
         return IntTensor(q.to(torch.uint8), fitted.scale, fitted.zero, self.bits, gs, W_hat.shape)
 
@@ -219,7 +224,18 @@ class IntGrid(Grid):
 # --- MX grid ---------------------------------------------------------------------------------------------
 @dataclass
 class MXScales:
-    scales: torch.Tensor  # uint8 E8M0 bytes (rows, n_groups)
+    """E8M0 bytes (rows, n_groups) and their exact float32 ``2^-X`` / ``2^X`` (GPTQ reads them per column)."""
+
+    scales: torch.Tensor
+    inv: torch.Tensor = field(init=False, repr=False)
+    dec: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.inv, self.dec = inverse_scale(self.scales), e8m0_to_float(self.scales)
+
+    def set_group(self, group: int, scales: torch.Tensor) -> None:
+        self.scales[:, group] = scales
+        self.inv[:, group], self.dec[:, group] = inverse_scale(scales), e8m0_to_float(scales)
 
 
 class MXGrid(Grid):
@@ -267,18 +283,17 @@ class MXGrid(Grid):
     def _refit_group(self, fitted: MXScales, W_group: torch.Tensor, group: int) -> None:
         if W_group.shape[1] != self.group_size:
             raise ValueError(f"W_group must have {self.group_size} columns, got {W_group.shape[1]}")
-        fitted.scales[:, group] = self._fit(W_group).scales[:, 0]
+        fitted.set_group(group, self._fit(W_group).scales[:, 0])
 
     def _codes_values(self, W: torch.Tensor, col0: int, fitted: MXScales) -> tuple[torch.Tensor, torch.Tensor]:
         x = W.float()
-        idx = torch.arange(col0, col0 + W.shape[1], device=W.device) // self.group_size
-        sb = fitted.scales[:, idx]
-        a = x.abs() * inverse_scale(sb)
+        n, g = W.shape[1], self.group_size
+        a = x.abs() * _group_cols(fitted.inv, col0, n, g)
         if self.scale_mode == "stretch":
             a = a * 3.0
         codes = magnitude_codes(a, self.fmt, saturate=True).to(torch.uint8)
         codes |= torch.signbit(x).to(torch.uint8) << (self.fmt.ebits + self.fmt.mbits)
-        vals = decode_table(self.fmt, W.device)[codes.long()] * e8m0_to_float(sb)
+        vals = decode_table(self.fmt, W.device)[codes.long()] * _group_cols(fitted.dec, col0, n, g)
         if self.scale_mode == "stretch":
             vals = vals / 3.0
         return codes, vals
@@ -375,8 +390,7 @@ class NVFP4Grid(Grid):
 
     def _codes_values(self, W: torch.Tensor, col0: int, fitted: NVFP4Scales) -> tuple[torch.Tensor, torch.Tensor]:
         x = W.float()
-        idx = torch.arange(col0, col0 + W.shape[1], device=W.device) // self.group_size
-        sb = fitted.scales[:, idx]
+        sb = _group_cols(fitted.scales, col0, W.shape[1], self.group_size)
         y = x * self._enc(sb, fitted)
         codes = magnitude_codes(y.abs(), E2M1, saturate=True).to(torch.uint8)
         codes |= torch.signbit(y).to(torch.uint8) << 3

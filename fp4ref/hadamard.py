@@ -63,6 +63,9 @@ def check_block_hadamard(x: object, block_size: object, signs: object = None, ax
     return axis
 
 
+check_hadamard_args = check_block_hadamard  # the name fp4ref.ops and fp4ref_cuda use
+
+
 def inv_sqrt(block_size: int, dtype: torch.dtype = torch.float32) -> float:
     """``fp32(1 / fp32(sqrt(block_size)))`` (or the float64 analogue): each step correctly rounded."""
     t = torch.tensor(float(block_size), dtype=dtype)

@@ -94,7 +94,8 @@ def scale_exponent(amax: torch.Tensor, f: Format, scale_mode: str) -> torch.Tens
     if scale_mode == "ceil":
         return e + (m != 0).to(torch.int32) - f.emax
     if scale_mode == "even":
-        return (((bits + (1 << 21)) >> 23) & 0xFF) - 127 - f.emax
+        # amax rounded half-up to the element's precision first (e2m1: bits + 2^21), as torchao EVEN
+        return (((bits + (1 << (22 - f.mbits))) >> 23) & 0xFF) - 127 - f.emax
     if scale_mode == "stretch":
         return e
     # rceil: smallest X with 2^X >= fp32(amax / max_elem).

@@ -111,7 +111,43 @@ def _quantize_torchao(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor)
     return xb * r.unsqueeze(-1), s_b, pts
 
 
-_RECIPE_FUNCS = {"te": _quantize_te, "torchao": _quantize_torchao}
+# --- recipe "modelopt": TensorRT Model Optimizer NVFP4QTensor.quantize (dynamic path) ---------------------
+def _quantize_modelopt(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor):
+    """wsf2 = fp32(A / 2688); s = fp32(bamax / fp32(6 * wsf2)), 1.0 where s == 0, then
+    e4m3(clamp(s, 2^-9, 448)); elements fp32(x / fp32(s_b * wsf2)) (a true division, not a reciprocal).
+
+    ModelOpt's sign bit is ``y < 0``, so a scaled -0.0 encodes as 0x0 (a negative that rounds to zero
+    keeps 0x8), and a 0/0 (A == 0 gives wsf2 == 0 and NaN scales) encodes as +6 (0x7)."""
+    wsf2 = amax / f32(2688.0, amax.device)
+    s = bamax / (6.0 * wsf2)
+    s = torch.where(s == 0, f32(1.0, s.device), s)
+    s_b = encode(torch.clamp(s, min=2.0 ** -9, max=448.0), E4M3, saturate=True)
+    d = decode_table(E4M3, s_b.device)[s_b.long()] * wsf2
+    y = (xb / d.unsqueeze(-1)).add_(0.0)  # -0.0 + 0.0 == +0.0: ModelOpt never sets the sign of a zero
+    if not bool((d > 0).all()):  # d is 0 or NaN only when wsf2 underflows or A == 0
+        y = torch.nan_to_num(y, nan=6.0)
+    return y, s_b, wsf2
+
+
+# --- recipe "compressed-tensors": llm-compressor observer + compressed-tensors NVFP4PackedCompressor -------
+def _quantize_compressed_tensors(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor,
+                                 src_dtype: torch.dtype = torch.float32):
+    """CT computes some steps in the weight's dtype D (``src_dtype``), as torch does there:
+    gs = D(2688 / max(D(A), tiny_D)), 1 if not finite; s_b = e4m3(min(fp32(gs * D(bamax / 6)), 448)),
+    0x30 (0.125) where that is 0; elements fp32(x / fp32(s_b / gs)), sign of a scaled zero dropped.
+    CT stores gs (encode direction); the returned global_scale is fp32(1 / gs) (decode, SPEC §5)."""
+    dev = amax.device
+    a = torch.clamp(amax.to(src_dtype), min=torch.finfo(src_dtype).tiny)
+    gs = torch.nan_to_num(2688.0 / a, nan=1.0, posinf=1.0, neginf=1.0).float()
+    bs = (bamax.to(src_dtype) / torch.tensor(6.0, dtype=src_dtype, device=dev)).float()
+    s_b = encode(torch.clamp(gs * bs, max=448.0), E4M3, saturate=True)
+    s_b = s_b.masked_fill(s_b == 0, 0x30)
+    r = decode_table(E4M3, dev)[s_b.long()] / gs
+    return (xb / r.unsqueeze(-1)).add_(0.0), s_b, f32(1.0, dev) / gs
+
+
+_RECIPE_FUNCS = {"te": _quantize_te, "torchao": _quantize_torchao, "modelopt": _quantize_modelopt,
+                 "compressed-tensors": _quantize_compressed_tensors}
 
 
 def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None = None, recipe: str = "te",
@@ -125,7 +161,8 @@ def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None 
     lead, k = x.shape[:-1], x.shape[-1]
     xb = x.reshape(*lead, k // block_size, block_size).float()
     bamax = block_amax(xb)
-    y, s_b, global_scale = _RECIPE_FUNCS[recipe](xb, bamax, amax)
+    kw = {"src_dtype": x.dtype} if recipe == "compressed-tensors" else {}  # CT rounds some steps to x's dtype
+    y, s_b, global_scale = _RECIPE_FUNCS[recipe](xb, bamax, amax, **kw)
     codes = magnitude_codes(y.abs(), E2M1, saturate=True).to(torch.uint8)
     codes |= torch.signbit(y).to(torch.uint8) << 3
     bad = ~torch.isfinite(bamax)

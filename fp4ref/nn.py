@@ -1,0 +1,221 @@
+"""FP4 linear layers: a quantized weight, an optional fused block rotation, optional W4A4.
+
+``FP4Linear`` computes ``y = Q_a(x·R) · Q_w(W·R)ᵀ + b`` where R is the block Hadamard of SPEC §7 (R = I
+without rotation), ``Q_w`` quantizes the weight once, offline (MXFP4 or NVFP4), and ``Q_a`` (W4A4 only)
+quantizes each input online with the same format. Because R is orthogonal, ``x·R·(W·R)ᵀ = x·Wᵀ``.
+Every op goes through ``fp4ref.ops`` so that CUDA tensors reach the fp4ref_cuda backend.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from . import gemm, hadamard, mx, nvfp4
+
+FORMATS = ("mxfp4", "nvfp4")
+DEFAULT_BLOCK = {"mxfp4": 32, "nvfp4": 16}
+
+
+def _op(name: str):
+    """``fp4ref.ops.<name>`` (dispatching to the CUDA backend), or the reference function if ops lacks it."""
+    try:
+        from . import ops
+    except ImportError:
+        ops = None
+    fallback = {"block_hadamard": hadamard.block_hadamard, "fp4_mm": gemm.fp4_mm, "fp4_linear": gemm.fp4_linear,
+                "quantize_mx": mx.quantize_mx, "quantize_nvfp4": nvfp4.quantize_nvfp4}
+    return getattr(ops, name, None) or fallback[name]
+
+
+def _quantize(x: torch.Tensor, fmt: str, block_size: int, scale_mode: str, recipe: str):
+    if fmt == "mxfp4":
+        return _op("quantize_mx")(x, "e2m1", block_size=block_size, scale_mode=scale_mode)
+    return _op("quantize_nvfp4")(x, recipe=recipe, block_size=block_size)
+
+
+class FP4Linear(nn.Module):
+    """``nn.Linear`` with an FP4 weight (MXFP4 or NVFP4) and an optional block rotation fused into it.
+
+    Buffers: ``weight_packed`` (uint8 [N, K/2]), ``weight_scale`` (uint8 E8M0/E4M3 [N, K/block]),
+    ``weight_global_scale`` (NVFP4, float32, decode direction), ``rotation_signs`` (if signs are used);
+    ``weight`` (rotated, full precision) instead of the first three when ``fmt=None``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: str | None = "mxfp4",
+                 block_size: int | None = None, scale_mode: str = "floor", recipe: str = "te",
+                 rotation: int | None = None, signs: torch.Tensor | None = None,
+                 quantize_activations: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS} or None (no quantization), got {fmt!r}")
+        if fmt is None and quantize_activations:
+            raise ValueError("quantize_activations=True needs a format (fmt='mxfp4' or 'nvfp4')")
+        if fmt == "mxfp4" and scale_mode not in mx.SCALE_MODES:
+            raise ValueError(f"scale_mode must be one of {mx.SCALE_MODES}, got {scale_mode!r}")
+        if fmt == "nvfp4" and recipe not in nvfp4.RECIPES:
+            raise ValueError(f"recipe must be one of {nvfp4.RECIPES}, got {recipe!r}")
+        if rotation is not None:
+            hadamard.check_block_size(rotation, "rotation")
+            if in_features % rotation:
+                raise ValueError(f"in_features ({in_features}) must be a multiple of rotation ({rotation})")
+            if signs is not None:
+                signs = hadamard.check_signs(signs, rotation, in_features).to(device=device,
+                                                                              dtype=torch.float32).clone()
+        elif signs is not None:
+            raise ValueError("signs given without rotation")
+        bs = (block_size or DEFAULT_BLOCK[fmt]) if fmt else None
+        if bs is not None and in_features % bs:
+            raise ValueError(f"in_features ({in_features}) must be a multiple of block_size ({bs})")
+        self.in_features, self.out_features = in_features, out_features
+        self.fmt, self.block_size, self.scale_mode, self.recipe = fmt, bs, scale_mode, recipe
+        self.rotation, self.quantize_activations = rotation, quantize_activations
+        self.register_buffer("rotation_signs", signs)
+        if fmt is None:
+            self.register_buffer("weight", torch.zeros(out_features, in_features, device=device, dtype=dtype))
+        else:
+            self.register_buffer("weight_packed", torch.zeros(out_features, in_features // 2, device=device,
+                                                              dtype=torch.uint8))
+            self.register_buffer("weight_scale", torch.zeros(out_features, in_features // bs, device=device,
+                                                             dtype=torch.uint8))
+            gs = torch.ones((), device=device) if fmt == "nvfp4" else None
+            self.register_buffer("weight_global_scale", gs)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: str | None = "mxfp4", *, block_size: int | None = None,
+                    scale_mode: str = "floor", recipe: str = "te", rotation: int | None = None,
+                    signs: torch.Tensor | None = None, quantize_activations: bool = False) -> "FP4Linear":
+        """Rotates ``linear.weight`` (``W·R``) and quantizes it (float64 weights are rounded to float32 first)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        dev = w.device
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, fmt=fmt, block_size=block_size,
+                scale_mode=scale_mode, recipe=recipe, rotation=rotation, signs=signs,
+                quantize_activations=quantize_activations, device=dev,
+                dtype=w.dtype if fmt is None and w.dtype == torch.float64 else torch.float32)
+        if rotation is not None:
+            w = _op("block_hadamard")(w, rotation, signs=m.rotation_signs)
+        if fmt is None:
+            m.weight.copy_(w)
+        else:
+            w = w.float() if w.dtype == torch.float64 else w
+            m.load_quantized(_quantize(w, fmt, m.block_size, scale_mode, recipe))
+        if linear.bias is not None:
+            m.bias = nn.Parameter(linear.bias.detach().clone())
+        return m
+
+    @classmethod
+    def from_quantized(cls, weight: mx.MXTensor | nvfp4.NVFP4Tensor, bias: torch.Tensor | None = None, *,
+                       rotation: int | None = None, signs: torch.Tensor | None = None,
+                       quantize_activations: bool = False) -> "FP4Linear":
+        """Wraps an already quantized (N, K) weight, e.g. MR-GPTQ's, given in the rotated basis."""
+        gemm.check_linear_args(torch.zeros(1, weight.shape[1], device=weight.data.device), weight, bias)
+        fmt = "mxfp4" if isinstance(weight, mx.MXTensor) else "nvfp4"
+        m = cls(weight.shape[1], weight.shape[0], bias is not None, fmt=fmt, block_size=weight.block_size,
+                scale_mode=getattr(weight, "scale_mode", "floor"), recipe=getattr(weight, "recipe", "te"),
+                rotation=rotation, signs=signs, quantize_activations=quantize_activations,
+                device=weight.data.device)
+        m.load_quantized(weight)
+        if bias is not None:
+            m.bias = nn.Parameter(bias.detach().clone())
+        return m
+
+    def load_quantized(self, q: mx.MXTensor | nvfp4.NVFP4Tensor) -> None:
+        """Copies a quantized weight of this layer's shape and format into the buffers."""
+        self.weight_packed.copy_(q.data.view(torch.uint8))
+        self.weight_scale.copy_(q.scales.view(torch.uint8))
+        if self.fmt == "nvfp4":
+            self.weight_global_scale.copy_(q.global_scale.reshape(()))
+
+    @property
+    def weight_quantized(self) -> mx.MXTensor | nvfp4.NVFP4Tensor | None:
+        """The stored weight as an MXTensor/NVFP4Tensor (in the rotated basis), or None when ``fmt=None``."""
+        shape = torch.Size((self.out_features, self.in_features))
+        if self.fmt == "mxfp4":
+            return mx.MXTensor(self.weight_packed, self.weight_scale, "e2m1", self.block_size, shape,
+                               self.scale_mode, -1)
+        if self.fmt == "nvfp4":
+            return nvfp4.NVFP4Tensor(self.weight_packed, self.weight_scale, self.weight_global_scale,
+                                     self.recipe, shape, self.block_size)
+        return None
+
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x·R`` along the last axis (float32; float64 stays float64), or ``x`` without rotation."""
+        if self.rotation is None:
+            return x
+        return _op("block_hadamard")(x, self.rotation, signs=self.rotation_signs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xr = self.rotate_input(x)
+        if self.fmt is None:
+            w = self.weight.to(xr.dtype)
+            y = xr @ w.T
+            return (y if self.bias is None else y + self.bias.to(y.dtype)).to(x.dtype)
+        wq = self.weight_quantized
+        if not self.quantize_activations:
+            return _op("fp4_linear")(xr, wq, self.bias).to(x.dtype)
+        x2 = xr.reshape(-1, self.in_features)
+        xq = _quantize(x2.float() if x2.dtype == torch.float64 else x2, self.fmt, self.block_size,
+                       self.scale_mode, self.recipe)
+        out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y = _op("fp4_mm")(xq, wq, out_dtype=out_dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        q = "none" if self.fmt is None else f"{self.fmt}, block={self.block_size}, " + (
+            f"scale_mode={self.scale_mode}" if self.fmt == "mxfp4" else f"recipe={self.recipe}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"quant=({q}), rotation={self.rotation}, signs={self.rotation_signs is not None}, "
+                f"W4A4={self.quantize_activations}")
+
+
+def _matches(name: str, patterns: Iterable[str | re.Pattern]) -> bool:
+    for p in patterns:
+        if isinstance(p, re.Pattern):
+            if p.fullmatch(name):
+                return True
+        elif not isinstance(p, str):
+            raise TypeError(f"patterns must be strings or compiled regexes, got {type(p).__name__}")
+        elif p.startswith("re:"):
+            if re.fullmatch(p[3:], name):
+                return True
+        elif fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+def quantize_linear_layers(model: nn.Module, patterns: Iterable[str | re.Pattern] | str = ("*",), *,
+                           exclude: Iterable[str | re.Pattern] | str = (), **kwargs) -> dict[str, FP4Linear]:
+    """Replaces, in place, every ``nn.Linear`` whose qualified name matches ``patterns`` and no ``exclude``
+    pattern by ``FP4Linear.from_linear(linear, **kwargs)``; returns ``{name: new module}`` in model order.
+
+    A pattern is an fnmatch glob (``"*.mlp.*"``), a regex prefixed ``"re:"`` (``"re:.*q_proj"``, as in
+    compressed-tensors) or a compiled regex; regexes must match the whole name.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    patterns = [patterns] if isinstance(patterns, (str, re.Pattern)) else list(patterns)
+    exclude = [exclude] if isinstance(exclude, (str, re.Pattern)) else list(exclude)
+    targets = [(n, m) for n, m in model.named_modules()
+               if type(m) is nn.Linear and _matches(n, patterns) and not _matches(n, exclude)]
+    done: dict[str, FP4Linear] = {}
+    if any(not n for n, _ in targets):
+        raise ValueError("model itself is an nn.Linear; wrap it with FP4Linear.from_linear instead")
+    for name, lin in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = FP4Linear.from_linear(lin, **kwargs)
+        setattr(parent, child, new)
+        done[name] = new
+    return done
+
+
+__all__ = ["FP4Linear", "quantize_linear_layers"]

@@ -1,0 +1,289 @@
+// Per-element and per-block arithmetic of fp4ref, the only C++ copy of the numerics (SPEC §2-§7).
+//
+// Every function is __host__ __device__: the CUDA kernels include this file, and so does a CPU build
+// (arith_cpu.cpp, compiled with -ffp-contract=off) that tests it against the Python reference on every
+// bf16/fp16 pattern. Function names mirror fp4ref/codecs.py, mx.py, nvfp4.py and hadamard.py.
+// Float arithmetic goes through fmul/fadd/fsub/fdiv: one IEEE binary32 operation each, round to nearest
+// even, never contracted into an FMA (on device the __f*_rn intrinsics guarantee it).
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define FP4_HD __host__ __device__ __forceinline__
+#define FP4_UNROLL _Pragma("unroll")
+#else
+#define FP4_HD inline
+#define FP4_UNROLL
+#include <string.h>
+#endif
+
+namespace fp4ref {
+
+// ---- float32 bits and IEEE operations ----------------------------------------------------------------
+FP4_HD uint32_t f2u(float x) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return u;
+#endif
+}
+
+FP4_HD float u2f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+#endif
+}
+
+#ifdef __CUDA_ARCH__
+FP4_HD float fmul(float a, float b) { return __fmul_rn(a, b); }
+FP4_HD float fadd(float a, float b) { return __fadd_rn(a, b); }
+FP4_HD float fsub(float a, float b) { return __fsub_rn(a, b); }
+FP4_HD float fdiv(float a, float b) { return __fdiv_rn(a, b); }
+#else
+FP4_HD float fmul(float a, float b) { return a * b; }
+FP4_HD float fadd(float a, float b) { return a + b; }
+FP4_HD float fsub(float a, float b) { return a - b; }
+FP4_HD float fdiv(float a, float b) { return a / b; }
+#endif
+
+constexpr uint32_t F32_INF = 0x7F800000u;
+constexpr uint32_t F32_QNAN = 0x7FC00000u;  // the NaN the reference's decode tables hold
+constexpr uint32_t F32_MAX = 0x7F7FFFFFu;
+constexpr uint32_t F32_ONE_SIXTH = 0x3E2AAAABu;  // fp32(1/6)
+constexpr uint32_t ENCODE_ERROR = 0x100u;  // not a byte: "saturate=False cannot represent this value"
+
+// ---- formats (fp4ref/formats.py) -----------------------------------------------------------------------
+enum FmtId : int { E2M1 = 0, E2M3 = 1, E3M2 = 2, E4M3 = 3, E5M2 = 4, E8M0 = 5 };
+
+struct Fmt {
+  int ebits, mbits, bias, max_code, nan_code, inf_code, emax;  // nan_code/inf_code -1: none
+  float max_finite;
+};
+
+FP4_HD Fmt make_fmt(int id) {
+  switch (id) {
+    case E2M1: return Fmt{2, 1, 1, 0x7, -1, -1, 2, 6.0f};
+    case E2M3: return Fmt{2, 3, 1, 0x1F, -1, -1, 2, 7.5f};
+    case E3M2: return Fmt{3, 2, 3, 0x1F, -1, -1, 4, 28.0f};
+    case E4M3: return Fmt{4, 3, 7, 0x7E, 0x7F, -1, 8, 448.0f};
+    default: return Fmt{5, 2, 15, 0x7B, 0x7F, 0x7C, 15, 57344.0f};  // E5M2
+  }
+}
+
+// ---- codecs (fp4ref/codecs.py) -------------------------------------------------------------------------
+// Code index of |x| given its float32 bits a (not NaN); > max_code means overflow. RNE by bit arithmetic:
+// below the format's smallest normal the grid is uniform (step 2^(1-bias-mbits)), so scale (exactly) and
+// round to an integer with the 2^23 trick; above it, round the float32 mantissa to mbits bits, ties to
+// even, letting the carry run into the exponent. Code order is magnitude order, so this equals the
+// reference's threshold counting, ties included.
+FP4_HD uint32_t magnitude_code(uint32_t a, const Fmt& f) {
+  const uint32_t min_normal = (uint32_t)(128 - f.bias) << 23;  // 2^(1 - bias)
+  if (a < min_normal) {
+    const float up = u2f((uint32_t)(f.mbits + f.bias - 1 + 127) << 23);  // 2^(mbits - (1 - bias))
+    return f2u(fadd(fmul(u2f(a), up), 8388608.0f)) - 0x4B000000u;
+  }
+  const int sh = 23 - f.mbits;
+  const uint32_t r = a + ((1u << (sh - 1)) - 1u) + ((a >> sh) & 1u);
+  return (r >> sh) - ((uint32_t)(127 - f.bias) << f.mbits);
+}
+
+// encode(x, fmt, saturate): one sign-magnitude code, or ENCODE_ERROR where saturate=False has no answer.
+FP4_HD uint32_t encode(float x, const Fmt& f, bool saturate) {
+  const uint32_t u = f2u(x);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  const uint32_t sign = (u >> 31) << (f.ebits + f.mbits);
+  if (a > F32_INF) {  // NaN
+    if (f.nan_code >= 0) return (uint32_t)f.nan_code;  // 0x7F whatever the sign
+    return saturate ? (uint32_t)f.max_code : ENCODE_ERROR;
+  }
+  uint32_t code = magnitude_code(a, f);
+  if (code > (uint32_t)f.max_code) {
+    if (saturate) return (uint32_t)f.max_code | sign;
+    if (f.inf_code >= 0) return (uint32_t)f.inf_code | sign;  // e5m2: IEEE overflow to ±Inf
+    if (f.nan_code >= 0) return (uint32_t)f.nan_code;         // e4m3: 0x7F, sign dropped
+    return ENCODE_ERROR;
+  }
+  return code | sign;
+}
+
+// encode_e2m1 with saturate=True, for finite blocks: the hot path of every FP4 quantizer.
+FP4_HD uint32_t encode_e2m1_sat(float y) {
+  const uint32_t u = f2u(y);
+  uint32_t code = magnitude_code(u & 0x7FFFFFFFu, make_fmt(E2M1));
+  code = code > 7u ? 7u : code;
+  return code | ((u >> 28) & 8u);
+}
+
+// encode_e8m0: e + (m >= 2^22 if e > 0 else m > 2^22) from the float32 bits (SPEC §2).
+FP4_HD uint32_t encode_e8m0(float x, bool saturate) {
+  const uint32_t b = f2u(x);
+  const uint32_t a = b & 0x7FFFFFFFu;
+  if (a > F32_INF) return 0xFF;
+  if (a == 0) return saturate ? 0x00 : 0xFF;
+  if (b >> 31) return 0xFF;
+  const uint32_t e = b >> 23, m = b & 0x7FFFFF;
+  const uint32_t code = e + (e > 0 ? (m >= 0x400000u) : (m > 0x400000u));
+  return code >= 255 ? (saturate ? 0xFE : 0xFF) : code;
+}
+
+// decode(code, fmt): the exact float32 value; NaN codes give 0x7FC00000.
+FP4_HD float decode(uint32_t code, const Fmt& f) {
+  const int nb = f.ebits + f.mbits;
+  const uint32_t mag = code & ((1u << nb) - 1u);
+  const uint32_t sign = ((code >> nb) & 1u) << 31;
+  if (f.nan_code >= 0 && (f.inf_code >= 0 ? mag > (uint32_t)f.inf_code : mag == (uint32_t)f.nan_code))
+    return u2f(F32_QNAN);
+  if (f.inf_code >= 0 && mag == (uint32_t)f.inf_code) return u2f(sign | F32_INF);
+  const uint32_t e = mag >> f.mbits, m = mag & ((1u << f.mbits) - 1u);
+  if (e == 0) {  // subnormal: m * 2^(1 - bias - mbits), exact
+    const float q = u2f((uint32_t)(127 + 1 - f.bias - f.mbits) << 23);
+    return u2f(f2u(fmul((float)m, q)) | sign);
+  }
+  return u2f(sign | ((e - f.bias + 127) << 23) | (m << (23 - f.mbits)));
+}
+
+FP4_HD float decode_e8m0(uint32_t code) {
+  if (code == 0xFF) return u2f(F32_QNAN);
+  return u2f(code == 0 ? 0x00400000u : code << 23);  // 0x00: the float32 subnormal 2^-127
+}
+
+FP4_HD float decode_e2m1(uint32_t code) { return decode(code, make_fmt(E2M1)); }
+FP4_HD float decode_e4m3(uint32_t code) { return decode(code, make_fmt(E4M3)); }
+
+// ---- 16-bit float conversions (exact to float32; float32 -> 16 bit RNE as torch casts) ---------------
+FP4_HD float bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+FP4_HD float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  const uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
+  if (e == 31) return u2f(sign | F32_INF | (m << 13));
+  if (e == 0) return u2f(sign | f2u(fmul((float)m, u2f(0x33800000u))));  // m * 2^-24, exact
+  return u2f(sign | ((e + 112) << 23) | (m << 13));
+}
+
+// Host versions follow torch's CPU casts (NaN -> 0x7FC0 / sign|0x7E00); device code uses the
+// intrinsics torch's own CUDA casts use, so each backend matches the reference on its own device.
+FP4_HD uint16_t f32_to_bf16(float x) {
+#ifdef __CUDA_ARCH__
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+#else
+  const uint32_t u = f2u(x);
+  if ((u & 0x7FFFFFFFu) > F32_INF) return 0x7FC0;
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+#endif
+}
+
+FP4_HD uint16_t f32_to_f16(float x) {
+#ifdef __CUDA_ARCH__
+  return __half_as_ushort(__float2half_rn(x));
+#else
+  const uint32_t u = f2u(x);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a > F32_INF) return sign | 0x7E00;
+  if (a < 0x38800000u)  // below 2^-14: the fp16 subnormal grid, step 2^-24
+    return sign | (uint16_t)(f2u(fadd(fmul(u2f(a), 16777216.0f), 8388608.0f)) - 0x4B000000u);
+  const uint32_t r = ((a + 0xFFFu + ((a >> 13) & 1u)) >> 13) - (112u << 10);
+  return sign | (uint16_t)(r > 0x7C00u ? 0x7C00u : r);
+#endif
+}
+
+// ---- MX block scales (fp4ref/mx.py) --------------------------------------------------------------------
+enum ScaleMode : int { FLOOR = 0, CEIL = 1, EVEN = 2, RCEIL = 3, STRETCH = 4 };
+
+// scale_exponent: unclamped X from the bits of a finite amax (E = field - 127, so subnormals -127).
+FP4_HD int scale_exponent(uint32_t amax_bits, const Fmt& f, int mode) {
+  const int e = (int)(amax_bits >> 23) - 127;
+  const uint32_t m = amax_bits & 0x7FFFFF;
+  switch (mode) {
+    case FLOOR: return e - f.emax;
+    case CEIL: return e + (m != 0) - f.emax;
+    case EVEN: return (int)(((amax_bits + (1u << 21)) >> 23) & 0xFF) - 127 - f.emax;
+    case STRETCH: return e;
+    default: {  // RCEIL: smallest X with 2^X >= fp32(amax / max_elem)
+      const uint32_t d = f2u(fdiv(u2f(amax_bits), f.max_finite));
+      const uint32_t de = d >> 23, dm = d & 0x7FFFFF;
+      return de > 0 ? (int)de - 127 + (dm != 0) : -127 + (dm > 0x400000u);
+    }
+  }
+}
+
+// scale_bytes: clamp(X, -127, 127) + 127; 0 for amax == 0; 0xFF for a NaN/Inf amax.
+FP4_HD uint32_t scale_byte(uint32_t amax_bits, const Fmt& f, int mode) {
+  if (amax_bits >= F32_INF) return 0xFF;
+  if (amax_bits == 0) return 0;
+  int x = scale_exponent(amax_bits, f, mode);
+  x = x < -127 ? -127 : (x > 127 ? 127 : x);
+  return (uint32_t)(x + 127);
+}
+
+// inverse_scale: exact float32 2^-(byte-127); byte 254 gives the subnormal 2^-127.
+FP4_HD float inverse_scale(uint32_t byte) {
+  const int field = 254 - (int)byte;
+  return u2f(field > 0 ? (uint32_t)field << 23 : 0x00400000u);
+}
+
+// One MX element code: encode(|x| * 2^-X (then * 3 for stretch), saturate) with x's sign.
+FP4_HD uint32_t mx_element_code(float x, float inv_scale, const Fmt& f, bool stretch) {
+  const uint32_t u = f2u(x);
+  float a = fmul(u2f(u & 0x7FFFFFFFu), inv_scale);
+  if (stretch) a = fmul(a, 3.0f);
+  uint32_t code = magnitude_code(f2u(a), f);
+  code = code > (uint32_t)f.max_code ? (uint32_t)f.max_code : code;
+  return code | ((u >> 31) << (f.ebits + f.mbits));
+}
+
+// dequantize_mx: decode(code) * 2^(byte-127) in float32 (stretch: then / 3).
+FP4_HD float mx_dequant(uint32_t code, uint32_t byte, const Fmt& f, bool stretch) {
+  const float v = fmul(decode(code, f), decode_e8m0(byte));
+  return stretch ? fdiv(v, 3.0f) : v;
+}
+
+// ---- NVFP4 recipe "te" (fp4ref/nvfp4.py) ---------------------------------------------------------------
+// te_encode_scale: S_enc = fp32(2688 / A) clamped to FLT_MAX; 1 where A == 0 or S_enc == 0.
+FP4_HD float te_encode_scale(float amax) {
+  float s = fdiv(2688.0f, amax);
+  if (s > u2f(F32_MAX)) s = u2f(F32_MAX);
+  return (amax == 0.0f || s == 0.0f) ? 1.0f : s;
+}
+
+// te_block_scale: s_b = e4m3_satfinite(fp32(block_amax * fp32(S_enc * fp32(1/6)))).
+FP4_HD uint32_t te_block_scale(float bamax, float s_enc) {
+  return encode(fmul(bamax, fmul(s_enc, u2f(F32_ONE_SIXTH))), make_fmt(E4M3), true);
+}
+
+// te_element_scale: enc = min(fp32(1 / fp32(decode(s_b) * S_dec)), FLT_MAX) (a NaN stays NaN, as clamp).
+FP4_HD float te_element_scale(uint32_t s_b, float s_dec) {
+  const float r = fdiv(1.0f, fmul(decode_e4m3(s_b), s_dec));
+  return r > u2f(F32_MAX) ? u2f(F32_MAX) : r;
+}
+
+// dequantize_nvfp4: fp32(fp32(e2m1 * e4m3) * global_scale).
+FP4_HD float nv_dequant(uint32_t code, uint32_t s_b, float global_scale) {
+  return fmul(fmul(decode_e2m1(code), decode_e4m3(s_b)), global_scale);
+}
+
+// ---- block Hadamard (fp4ref/hadamard.py) ---------------------------------------------------------------
+// _butterfly: stages h = 1, 2, ..., HB/2 on every HB-aligned group of v[0..N): (a, b) -> (a + b, a - b).
+template <int N, int HB>
+FP4_HD void butterfly(float* v) {
+  FP4_UNROLL
+  for (int h = 1; h < HB; h *= 2) {
+    FP4_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if ((i & h) == 0) {
+        const float a = v[i], b = v[i + h];
+        v[i] = fadd(a, b);
+        v[i + h] = fsub(a, b);
+      }
+    }
+  }
+}
+
+}  // namespace fp4ref

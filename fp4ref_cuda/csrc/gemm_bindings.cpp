@@ -1,0 +1,252 @@
+// TORCH_LIBRARY_FRAGMENT(fp4ref_cuda) schemas and argument checks of the FP4 GEMM kernels. Compiled as is,
+// it is the binding of fp4ref_cuda._gemm_sm90 (dequant-to-bf16 + cuBLAS, small-M weight-only kernel);
+// gemm_bindings_sm100a.cpp / gemm_bindings_sm120a.cpp include it with FP4REF_GEMM_CUTLASS and
+// FP4REF_CUTLASS_ARCH defined for the CUTLASS modules. Every check raises a Python ValueError/TypeError
+// before a kernel can touch memory.
+#ifndef FP4REF_GEMM_CUTLASS
+#define FP4REF_GEMM_SM90
+#endif
+#include <Python.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <string>
+
+#ifdef FP4REF_GEMM_SM90
+#include <ATen/cuda/CUDAContextLight.h>
+#include "gemm_sm90.h"
+#endif
+#ifdef FP4REF_GEMM_CUTLASS
+#include "gemm_cutlass.h"
+#endif
+
+#define FP4REF_STR2(x) #x
+#define FP4REF_STR(x) FP4REF_STR2(x)
+
+namespace {
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
+                    " must start at a 16-byte aligned address (got a view with an odd storage offset)");
+}
+
+void check_u8(const at::Tensor& t, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(t.element_size() == 1 && s != at::kChar && s != at::kBool, name,
+                   " must hold raw bytes (uint8, or a float4_e2m1fn_x2 / float8 view), got ", s);
+}
+
+void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* na, const char* nb) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), na, " is on ", a.device(), " but ", nb, " is on ", b.device());
+}
+
+// Packed (R, K/2) data and (R, K/block) scales of one FP4 operand; returns K.
+int64_t check_fp4_operand(const at::Tensor& data, const at::Tensor& scales, int64_t block_size, const char* name) {
+  check_cuda(data, name);
+  check_u8(data, name);
+  TORCH_CHECK_VALUE(scales.is_cuda() && scales.is_contiguous(), name, " scales must be a contiguous CUDA tensor");
+  check_u8(scales, name);
+  check_same_device(data, scales, name, "its scales");
+  TORCH_CHECK_VALUE(data.dim() == 2 && scales.dim() == 2, name, " data and scales must be 2-D");
+  TORCH_CHECK_VALUE(block_size > 0 && block_size % 16 == 0, name, " block_size must be a positive multiple of 16, got ",
+                    block_size);
+  const int64_t K = data.size(1) * 2;
+  TORCH_CHECK_VALUE(K % block_size == 0, name, " K = ", K, " must be a multiple of block_size ", block_size);
+  TORCH_CHECK_VALUE(scales.size(0) == data.size(0) && scales.size(1) == K / block_size, name, " scales must be (",
+                    data.size(0), ", ", K / block_size, "), got ", scales.sizes());
+  return K;
+}
+
+}  // namespace
+
+#ifdef FP4REF_GEMM_SM90
+namespace {
+
+int out_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return fp4ref_gemm::kOutF32;
+    case at::kBFloat16: return fp4ref_gemm::kOutBF16;
+    case at::kHalf: return fp4ref_gemm::kOutF16;
+    default: TORCH_CHECK_TYPE(false, "out_dtype must be float32, bfloat16 or float16, got ", t);
+  }
+  return 0;
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor dequant_bf16(const at::Tensor& data, const at::Tensor& scales, int64_t block_size, bool e4m3) {
+  const int64_t K = check_fp4_operand(data, scales, block_size, "data");
+  c10::cuda::CUDAGuard guard(data.device());
+  at::Tensor out = at::empty({data.size(0), K}, data.options().dtype(at::kBFloat16));
+  check_launch(fp4ref_gemm::dequant_fp4_bf16(static_cast<const uint8_t*>(data.data_ptr()),
+                                             static_cast<const uint8_t*>(scales.data_ptr()), out.data_ptr(),
+                                             data.size(0), K, static_cast<int>(block_size), e4m3,
+                                             c10::cuda::getCurrentCUDAStream()),
+               "dequant_fp4_bf16");
+  return out;
+}
+
+// out (M, N) = alpha · a (M, K) · b (N, K)ᵀ in cuBLAS with float32 accumulation (compute type 32F).
+at::Tensor bf16_cublas(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& alpha,
+                       at::ScalarType out_dtype) {
+  check_cuda(a, "a");
+  check_cuda(b, "b");
+  check_same_device(a, b, "a", "b");
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16, "a and b must be bfloat16");
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "a (M, K) and b (N, K) must share K, got ",
+                    a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype must be float32 or bfloat16");
+  const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
+  TORCH_CHECK_VALUE(M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31), "GEMM dimensions must fit in int32");
+  c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out = at::empty({M, N}, a.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return out;
+  if (K == 0) return out.zero_();
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  at::Tensor consts;
+  const float one = 1.0f, zero = 0.0f;
+  const void* pa = &one;
+  const void* pb = &zero;
+  cublasPointerMode_t mode;
+  TORCH_CHECK(cublasGetPointerMode(handle, &mode) == CUBLAS_STATUS_SUCCESS, "cublasGetPointerMode failed");
+  if (alpha.has_value()) {
+    TORCH_CHECK_VALUE(alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1,
+                      "alpha must be a float32 CUDA tensor with one element");
+    check_same_device(a, *alpha, "a", "alpha");
+    consts = at::zeros({2}, a.options().dtype(at::kFloat));  // [alpha, beta = 0] on the device: no host sync
+    consts.narrow(0, 0, 1).copy_(alpha->reshape({1}));
+    pa = consts.data_ptr<float>();
+    pb = consts.data_ptr<float>() + 1;
+    cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_DEVICE);
+  }
+  cublasMath_t math;
+  cublasGetMathMode(handle, &math);
+  // Split-K partial sums stay in float32 even for a bf16 output.
+  cublasSetMathMode(handle, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                      CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+  // Row-major out (M, N) is column-major outᵀ (N, M) = bᵀ... i.e. op(b) (N, K) · op(a) (K, M).
+  const cublasStatus_t st = cublasGemmEx(
+      handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), pa,
+      b.data_ptr(), CUDA_R_16BF, static_cast<int>(K), a.data_ptr(), CUDA_R_16BF, static_cast<int>(K), pb,
+      out.data_ptr(), out_dtype == at::kFloat ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT_TENSOR_OP);
+  cublasSetMathMode(handle, math);
+  cublasSetPointerMode(handle, mode);
+  TORCH_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasGemmEx failed with status ", static_cast<int>(st));
+  return out;
+}
+
+at::Tensor fp4_linear_small(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scales, int64_t block_size,
+                            bool e4m3, const std::optional<at::Tensor>& alpha, double divisor,
+                            at::ScalarType out_dtype) {
+  const int64_t K = check_fp4_operand(w, w_scales, block_size, "w");
+  check_cuda(x, "x");
+  check_same_device(x, w, "x", "w");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16, "x must be bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == K, "x must be (M, ", K, "), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) >= 1 && x.size(0) <= 16, "the small-batch kernel takes 1 <= M <= 16 rows, got ",
+                    x.size(0));
+  TORCH_CHECK_VALUE(divisor > 0, "divisor must be positive");
+  const float* pa = nullptr;
+  if (alpha.has_value()) {
+    TORCH_CHECK_VALUE(alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1 &&
+                          alpha->is_contiguous(),
+                      "alpha must be a contiguous float32 CUDA tensor with one element");
+    check_same_device(x, *alpha, "x", "alpha");
+    pa = alpha->data_ptr<float>();
+  }
+  const int kind = out_kind(out_dtype);
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options().dtype(out_dtype));
+  check_launch(fp4ref_gemm::fp4_linear_small(x.data_ptr(), static_cast<int>(x.size(0)),
+                                             static_cast<const uint8_t*>(w.data_ptr()),
+                                             static_cast<const uint8_t*>(w_scales.data_ptr()), w.size(0), K,
+                                             static_cast<int>(block_size), e4m3, pa, static_cast<float>(divisor),
+                                             out.data_ptr(), kind, c10::cuda::getCurrentCUDAStream()),
+               "fp4_linear_small");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fp4ref_cuda, m) {
+  m.def("gemm_dequant_bf16(Tensor data, Tensor scales, int block_size, bool e4m3) -> Tensor");
+  m.def("gemm_bf16_cublas(Tensor a, Tensor b, Tensor? alpha, ScalarType out_dtype) -> Tensor");
+  m.def("gemm_fp4_linear_small(Tensor x, Tensor w, Tensor w_scales, int block_size, bool e4m3, Tensor? alpha, "
+        "float divisor, ScalarType out_dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fp4ref_cuda, CUDA, m) {
+  m.impl("gemm_dequant_bf16", &dequant_bf16);
+  m.impl("gemm_bf16_cublas", &bf16_cublas);
+  m.impl("gemm_fp4_linear_small", &fp4_linear_small);
+}
+#endif  // FP4REF_GEMM_SM90
+
+#ifdef FP4REF_GEMM_CUTLASS
+namespace {
+
+// a (M, K/2), b (N, K/2) packed E2M1; scales already swizzled (1-D, 128x4 layout); out float32 (M, N).
+at::Tensor cutlass_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
+                        const at::Tensor& b_scales, bool nvfp4, const std::optional<at::Tensor>& alpha) {
+  namespace ns = fp4ref_gemm::FP4REF_CUTLASS_ARCH;
+  check_cuda(a, "a");
+  check_cuda(b, "b");
+  check_cuda(a_scales, "a_scales");
+  check_cuda(b_scales, "b_scales");
+  for (const at::Tensor* t : {&a, &b, &a_scales, &b_scales}) check_u8(*t, "operands and scales");
+  check_same_device(a, b, "a", "b");
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "a (M, K/2) and b (N, K/2) must share K");
+  const int64_t M = a.size(0), N = b.size(0), K = a.size(1) * 2, bs = nvfp4 ? 16 : 32;
+  const char* why = ns::cutlass_fp4_unsupported(M, N, K);
+  TORCH_CHECK_VALUE(why == nullptr, "shape (M=", M, ", N=", N, ", K=", K, ") not supported: ", why ? why : "");
+  auto padded = [bs, K](int64_t rows) { return ((rows + 127) / 128 * 128) * ((K / bs + 3) / 4 * 4); };
+  TORCH_CHECK_VALUE(a_scales.numel() == padded(M) && b_scales.numel() == padded(N),
+                    "scales must be swizzled to the 128x4 layout (", padded(M), " and ", padded(N), " bytes), got ",
+                    a_scales.numel(), " and ", b_scales.numel());
+  const float* pa = nullptr;
+  if (alpha.has_value()) {
+    TORCH_CHECK_VALUE(alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1,
+                      "alpha must be a float32 CUDA tensor with one element");
+    pa = alpha->data_ptr<float>();
+  }
+  c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out = at::empty({M, N}, a.options().dtype(at::kFloat));
+  at::Tensor ws = at::empty({static_cast<int64_t>(ns::cutlass_fp4_workspace(M, N, K, nvfp4)) + 1},
+                            a.options().dtype(at::kByte));
+  const char* err = ns::cutlass_fp4_gemm(a.data_ptr(), a_scales.data_ptr(), b.data_ptr(), b_scales.data_ptr(),
+                                         out.data_ptr<float>(), M, N, K, nvfp4, pa, ws.data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == nullptr, "CUTLASS " FP4REF_STR(FP4REF_CUTLASS_ARCH) " FP4 GEMM failed: ", err ? err : "");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fp4ref_cuda, m) {
+  m.def("gemm_fp4_cutlass_" FP4REF_STR(FP4REF_CUTLASS_ARCH)
+        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, bool nvfp4, Tensor? alpha) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fp4ref_cuda, CUDA, m) {
+  m.impl("gemm_fp4_cutlass_" FP4REF_STR(FP4REF_CUTLASS_ARCH), &cutlass_gemm);
+}
+#endif  // FP4REF_GEMM_CUTLASS
+
+// A plain module object: importing it runs the registrations above.
+#define FP4REF_CAT2(a, b) a##b
+#define FP4REF_CAT(a, b) FP4REF_CAT2(a, b)
+extern "C" PyObject* FP4REF_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, FP4REF_STR(TORCH_EXTENSION_NAME), nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}

@@ -1,0 +1,327 @@
+// Per-thread work of every fp4ref_cuda kernel: one function per "tile" of consecutive elements.
+//
+// A CUDA kernel is a grid-stride loop calling one of these functions; the CPU build (arith_cpu.cpp) runs
+// the same functions in a plain loop, so indexing, packing and scale placement are tested on CPU too.
+// Tiles are whole blocks of a flat, contiguous tensor (blocks never straddle rows because the row length
+// is a multiple of the block), so each tile is loaded with 16-byte vector loads when aligned.
+#pragma once
+#include "arith.cuh"
+#include "launch.h"
+
+namespace fp4ref {
+
+struct bf16_t { uint16_t bits; };
+struct f16_t { uint16_t bits; };
+
+FP4_HD float to_f32(float x) { return x; }
+FP4_HD float to_f32(bf16_t x) { return bf16_to_f32(x.bits); }
+FP4_HD float to_f32(f16_t x) { return f16_to_f32(x.bits); }
+
+FP4_HD void from_f32(float v, float* out) { *out = v; }
+FP4_HD void from_f32(float v, bf16_t* out) { out->bits = f32_to_bf16(v); }
+FP4_HD void from_f32(float v, f16_t* out) { out->bits = f32_to_f16(v); }
+
+// Copies BYTES bytes (a power of two) in the widest aligned chunks up to 16 bytes.
+template <int BYTES>
+FP4_HD void copy_bytes(void* dst, const void* src) {
+#ifdef __CUDA_ARCH__
+  if constexpr (BYTES >= 16) {
+    FP4_UNROLL
+    for (int i = 0; i < BYTES / 16; ++i)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else if constexpr (BYTES == 8) {
+    *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+  } else if constexpr (BYTES == 4) {
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+  } else if constexpr (BYTES == 2) {
+    *reinterpret_cast<uint16_t*>(dst) = *reinterpret_cast<const uint16_t*>(src);
+  } else {
+    *reinterpret_cast<uint8_t*>(dst) = *reinterpret_cast<const uint8_t*>(src);
+  }
+#else
+  memcpy(dst, src, BYTES);
+#endif
+}
+
+// Loads T elements of type In (vectorized) and widens them to float32 (exact).
+template <typename In, int T>
+FP4_HD void load_tile(const In* src, float* v) {
+  In raw[T];
+  copy_bytes<T * (int)sizeof(In)>(raw, src);
+  FP4_UNROLL
+  for (int j = 0; j < T; ++j) v[j] = to_f32(raw[j]);
+}
+
+// ---- codecs ------------------------------------------------------------------------------------------
+constexpr int CODEC_TILE = 8;
+
+// encode of CODEC_TILE elements (full tile) or of one element (tail); returns nonzero on ENCODE_ERROR.
+template <typename In>
+FP4_HD uint32_t encode_tile(const In* x, uint8_t* out, int fmt_id, bool saturate) {
+  float v[CODEC_TILE];
+  load_tile<In, CODEC_TILE>(x, v);
+  uint8_t c[CODEC_TILE];
+  uint32_t err = 0;
+  const Fmt f = make_fmt(fmt_id);
+  FP4_UNROLL
+  for (int j = 0; j < CODEC_TILE; ++j) {
+    const uint32_t code = fmt_id == E8M0 ? encode_e8m0(v[j], saturate) : encode(v[j], f, saturate);
+    err |= code & ENCODE_ERROR;
+    c[j] = (uint8_t)code;
+  }
+  copy_bytes<CODEC_TILE>(out, c);
+  return err;
+}
+
+template <typename In>
+FP4_HD uint32_t encode_one(const In* x, uint8_t* out, int fmt_id, bool saturate) {
+  const float v = to_f32(*x);
+  const uint32_t code = fmt_id == E8M0 ? encode_e8m0(v, saturate) : encode(v, make_fmt(fmt_id), saturate);
+  *out = (uint8_t)code;
+  return code & ENCODE_ERROR;
+}
+
+// decode; codes outside the format (>= 2^bits) give NaN and a nonzero return (the caller raises).
+FP4_HD uint32_t decode_one(uint8_t code, float* out, int fmt_id) {
+  if (fmt_id == E8M0) {
+    *out = decode_e8m0(code);
+    return 0;
+  }
+  const Fmt f = make_fmt(fmt_id);
+  const int bits = 1 + f.ebits + f.mbits;
+  if (bits < 8 && code >= (1u << bits)) {
+    *out = u2f(F32_QNAN);
+    return 1;
+  }
+  *out = decode(code, f);
+  return 0;
+}
+
+FP4_HD uint32_t decode_tile(const uint8_t* codes, float* out, int fmt_id) {
+  uint8_t c[CODEC_TILE];
+  float v[CODEC_TILE];
+  copy_bytes<CODEC_TILE>(c, codes);
+  uint32_t err = 0;
+  FP4_UNROLL
+  for (int j = 0; j < CODEC_TILE; ++j) err |= decode_one(c[j], &v[j], fmt_id);
+  copy_bytes<CODEC_TILE * 4>(out, v);
+  return err;
+}
+
+// ---- layouts -------------------------------------------------------------------------------------------
+// pack_fp4 of 16 codes into 8 bytes; nonzero return if a code is > 15.
+FP4_HD uint32_t pack_tile(const uint8_t* codes, uint8_t* out) {
+  uint8_t c[16], p[8];
+  copy_bytes<16>(c, codes);
+  uint32_t bad = 0;
+  FP4_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    bad |= (c[2 * j] | c[2 * j + 1]) & 0xF0u;
+    p[j] = (uint8_t)(c[2 * j] | (c[2 * j + 1] << 4));
+  }
+  copy_bytes<8>(out, p);
+  return bad;
+}
+
+FP4_HD uint32_t pack_one(const uint8_t* codes, uint8_t* out) {
+  *out = (uint8_t)(codes[0] | (codes[1] << 4));
+  return (codes[0] | codes[1]) & 0xF0u;
+}
+
+FP4_HD void unpack_tile(const uint8_t* packed, uint8_t* out) {
+  uint8_t p[8], c[16];
+  copy_bytes<8>(p, packed);
+  FP4_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    c[2 * j] = p[j] & 0xF;
+    c[2 * j + 1] = p[j] >> 4;
+  }
+  copy_bytes<16>(out, c);
+}
+
+// Offset of scale (r, c) in the 128x4 blocked layout of a matrix with cols columns (SPEC §3).
+FP4_HD int64_t swizzle_offset(int64_t r, int64_t c, int64_t cols) {
+  const int64_t col_tiles = (cols + 3) / 4;
+  return ((r / 128) * col_tiles + c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + (c % 4);
+}
+
+// Byte o of the blocked layout (zero in the padding).
+FP4_HD uint8_t swizzle_byte(const uint8_t* scales, int64_t o, int64_t rows, int64_t cols) {
+  const int64_t col_tiles = (cols + 3) / 4;
+  const int64_t tile = o / 512, w = o % 512;
+  const int64_t r = (tile / col_tiles) * 128 + ((w % 16) / 4) * 32 + w / 16;
+  const int64_t c = (tile % col_tiles) * 4 + w % 4;
+  return (r < rows && c < cols) ? scales[r * cols + c] : (uint8_t)0;
+}
+
+// ---- block quantizers (MX and NVFP4), optionally after a block Hadamard rotation ------------------------
+// Loads tile t (T elements), applies signs and the rotation (HB > 1): the input of every quantizer.
+template <typename In, int T, int HB>
+FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale, float* v) {
+  load_tile<In, T>(x + t * T, v);
+  if (signs != nullptr) {
+    const int64_t base = sign_len > T ? (t * T) % sign_len : 0;
+    FP4_UNROLL
+    for (int j = 0; j < T; ++j) v[j] = fmul(v[j], signs[sign_len > T ? base + j : (j & (sign_len - 1))]);
+  }
+  if constexpr (HB > 1) {
+    butterfly<T, HB>(v);
+    FP4_UNROLL
+    for (int j = 0; j < T; ++j) v[j] = fmul(v[j], rscale);
+  }
+}
+
+// max |v| over n floats as float32 bits: integer max of the magnitude bits; >= 0x7F800000 means NaN/Inf.
+template <int N>
+FP4_HD uint32_t amax_bits(const float* v) {
+  uint32_t m = 0;
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) {
+    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+// Largest finite |v| (bits) of a rotated tile: the per-thread part of finite_amax.
+template <typename In, int T, int HB>
+FP4_HD uint32_t finite_amax_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale) {
+  float v[T];
+  rotated_tile<In, T, HB>(x, t, signs, sign_len, rscale, v);
+  uint32_t m = 0;
+  FP4_UNROLL
+  for (int j = 0; j < T; ++j) {
+    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
+    m = (a < F32_INF && a > m) ? a : m;
+  }
+  return m;
+}
+
+FP4_HD void store_scale(const QuantParams& p, int64_t block, uint32_t byte) {
+  p.scales[block] = (uint8_t)byte;
+  if (p.swizzled != nullptr) p.swizzled[swizzle_offset(block / p.cols, block % p.cols, p.cols)] = (uint8_t)byte;
+}
+
+// quantize tile t: T = max(HB, QB) elements, T / QB blocks.
+template <typename In, int T, int HB, int QB, int KIND>
+FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
+  static_assert(T % QB == 0 && T % HB == 0, "tile must hold whole blocks and rotations");
+  float v[T];
+  rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
+  const Fmt f = make_fmt(KIND == MX_ANY ? p.fmt_id : E2M1);
+  float s_enc = 1.0f, s_dec = 1.0f;
+  if constexpr (KIND == NV_TE) {
+    s_enc = te_encode_scale(*p.amax);
+    s_dec = fdiv(1.0f, s_enc);
+    if (t == 0 && p.global_scale != nullptr) *p.global_scale = s_dec;
+  }
+  uint8_t codes[T];
+  FP4_UNROLL
+  for (int b = 0; b < T / QB; ++b) {
+    float* vb = v + b * QB;
+    const uint32_t am = amax_bits<QB>(vb);
+    const bool bad = am >= F32_INF;
+    uint32_t byte;
+    if constexpr (KIND == NV_TE) {
+      byte = bad ? 0x7Fu : te_block_scale(u2f(am), s_enc);
+      const float enc = te_element_scale(byte, s_dec);
+      FP4_UNROLL
+      for (int j = 0; j < QB; ++j) codes[b * QB + j] = bad ? 0 : (uint8_t)encode_e2m1_sat(fmul(vb[j], enc));
+    } else {
+      byte = scale_byte(am, f, p.mode);
+      const float inv = inverse_scale(byte);
+      const bool stretch = p.mode == STRETCH;
+      FP4_UNROLL
+      for (int j = 0; j < QB; ++j) codes[b * QB + j] = bad ? 0 : (uint8_t)mx_element_code(vb[j], inv, f, stretch);
+    }
+    store_scale(p, t * (T / QB) + b, byte);
+  }
+  if constexpr (KIND == MX_ANY) {
+    copy_bytes<T>(p.data + t * T, codes);
+  } else {
+    uint8_t packed[T / 2];
+    FP4_UNROLL
+    for (int j = 0; j < T / 2; ++j) packed[j] = (uint8_t)(codes[2 * j] | (codes[2 * j + 1] << 4));
+    copy_bytes<T / 2>(p.data + t * (T / 2), packed);
+  }
+}
+
+// Fallback for block sizes without a tile instantiation: one block, runtime size, no rotation.
+template <typename In>
+FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, const QuantParams& p) {
+  const In* xb = x + blk * qb;
+  uint32_t am = 0;
+  for (int j = 0; j < qb; ++j) {
+    const uint32_t a = f2u(to_f32(xb[j])) & 0x7FFFFFFFu;
+    am = a > am ? a : am;
+  }
+  const bool bad = am >= F32_INF;
+  const Fmt f = make_fmt(kind == NV_TE ? E2M1 : p.fmt_id);
+  uint32_t byte;
+  float scale;
+  if (kind == NV_TE) {
+    const float s_enc = te_encode_scale(*p.amax);
+    const float s_dec = fdiv(1.0f, s_enc);
+    if (blk == 0 && p.global_scale != nullptr) *p.global_scale = s_dec;
+    byte = bad ? 0x7Fu : te_block_scale(u2f(am), s_enc);
+    scale = te_element_scale(byte, s_dec);
+  } else {
+    byte = scale_byte(am, f, p.mode);
+    scale = inverse_scale(byte);
+  }
+  const bool packed = kind != MX_ANY;
+  uint32_t low = 0;
+  for (int j = 0; j < qb; ++j) {
+    const float v = to_f32(xb[j]);
+    const uint32_t c = bad ? 0 : (kind == NV_TE ? encode_e2m1_sat(fmul(v, scale))
+                                                : mx_element_code(v, scale, f, p.mode == STRETCH));
+    const int64_t i = blk * qb + j;
+    if (!packed) p.data[i] = (uint8_t)c;
+    else if (j & 1) p.data[i / 2] = (uint8_t)(low | (c << 4));
+    else low = c;
+  }
+  p.scales[blk] = (uint8_t)byte;
+  if (p.swizzled != nullptr) p.swizzled[swizzle_offset(blk / p.cols, blk % p.cols, p.cols)] = (uint8_t)byte;
+}
+
+// ---- dequantizers ------------------------------------------------------------------------------------
+// Dequantize block `blk` of QB elements (packed e2m1 unless MX_ANY).
+template <typename Out, int QB, int KIND>
+FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
+  constexpr int IN_BYTES = KIND == MX_ANY ? QB : QB / 2;
+  uint8_t raw[IN_BYTES];
+  copy_bytes<IN_BYTES>(raw, p.data + blk * IN_BYTES);
+  const uint32_t byte = p.scales[blk];
+  const Fmt f = make_fmt(KIND == MX_ANY ? p.fmt_id : E2M1);
+  const float gs = KIND == NV_TE ? *p.global_scale : 1.0f;
+  Out o[QB];
+  FP4_UNROLL
+  for (int j = 0; j < QB; ++j) {
+    const uint32_t code = KIND == MX_ANY ? raw[j] : ((raw[j / 2] >> (4 * (j & 1))) & 0xF);
+    const float v = KIND == NV_TE ? nv_dequant(code, byte, gs) : mx_dequant(code, byte, f, p.stretch);
+    from_f32(v, &o[j]);
+  }
+  copy_bytes<QB * (int)sizeof(Out)>(out + blk * QB, o);
+}
+
+template <typename Out>
+FP4_HD void dequant_block_generic(int64_t blk, int qb, int kind, const DequantParams& p, Out* out) {
+  const uint32_t byte = p.scales[blk];
+  const Fmt f = make_fmt(kind == MX_ANY ? p.fmt_id : E2M1);
+  for (int j = 0; j < qb; ++j) {
+    const int64_t i = blk * qb + j;
+    const uint32_t code = kind == MX_ANY ? p.data[i] : ((p.data[i / 2] >> (4 * (i & 1))) & 0xF);
+    const float v = kind == NV_TE ? nv_dequant(code, byte, *p.global_scale) : mx_dequant(code, byte, f, p.stretch);
+    from_f32(v, &out[i]);
+  }
+}
+
+// ---- block Hadamard ----------------------------------------------------------------------------------
+template <typename In, int HB>
+FP4_HD void hadamard_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale, float* out) {
+  float v[HB];
+  rotated_tile<In, HB, HB>(x, t, signs, sign_len, rscale, v);
+  copy_bytes<HB * 4>(out + t * HB, v);
+}
+
+}  // namespace fp4ref
