@@ -134,14 +134,14 @@ def _quantize_compressed_tensors(xb: torch.Tensor, bamax: torch.Tensor, amax: to
                                  src_dtype: torch.dtype = torch.float32):
     """CT computes some steps in the weight's dtype D (``src_dtype``), as torch does there:
     gs = D(2688 / max(D(A), tiny_D)), 1 if not finite; s_b = e4m3(min(fp32(gs * D(bamax / 6)), 448)),
-    0x30 (0.125) where that is 0; elements fp32(x / fp32(s_b / gs)), sign of a scaled zero dropped.
+    0x20 (0.125) where that is 0; elements fp32(x / fp32(s_b / gs)), sign of a scaled zero dropped.
     CT stores gs (encode direction); the returned global_scale is fp32(1 / gs) (decode, SPEC §5)."""
     dev = amax.device
     a = torch.clamp(amax.to(src_dtype), min=torch.finfo(src_dtype).tiny)
     gs = torch.nan_to_num(2688.0 / a, nan=1.0, posinf=1.0, neginf=1.0).float()
     bs = (bamax.to(src_dtype) / torch.tensor(6.0, dtype=src_dtype, device=dev)).float()
     s_b = encode(torch.clamp(gs * bs, max=448.0), E4M3, saturate=True)
-    s_b = s_b.masked_fill(s_b == 0, 0x30)
+    s_b = s_b.masked_fill(s_b == 0, 0x20)  # CT replaces a zero scale by 0.125 = 2^-3
     r = decode_table(E4M3, dev)[s_b.long()] / gs
     return (xb / r.unsqueeze(-1)).add_(0.0), s_b, f32(1.0, dev) / gs
 

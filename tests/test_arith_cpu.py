@@ -1,0 +1,309 @@
+"""The kernels' C++ numerics (arith.cuh, tile.cuh, dispatch.cuh) built for CPU, against the reference.
+
+fp4ref_cuda/_cpu.py compiles csrc/arith_cpu.cpp with strict IEEE float32 flags and runs the same tile
+functions and op dispatch the CUDA kernels run, through the same Python wrappers (fp4ref_cuda._wrappers).
+Every bf16 and fp16 bit pattern goes through every codec, scale mode and quantizer; results must equal the
+reference's as integers. This proves the numerics on every CI run; GPU runs (test_cuda_ops.py) prove the
+memory access and parallel structure.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from fp4ref import codecs, hadamard, layouts, mx, nvfp4
+from fp4ref.formats import ELEMENT_FORMATS, FORMATS, code_value
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="no C++ compiler to build the CPU copy of the kernels' arithmetic")
+
+MX_CASES = [(e, m) for e in ELEMENT_FORMATS for m in mx.SCALE_MODES if m != "stretch" or e == "e2m1"]
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from fp4ref_cuda._cpu import load
+
+    return load()
+
+
+@pytest.fixture(scope="module")
+def low(ops):
+    return ops.low
+
+
+def all_patterns(dtype: torch.dtype) -> torch.Tensor:
+    return torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Same shape and dtype, NaN in the same places, identical bits elsewhere (-0 != +0)."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    na, nb = torch.isnan(a), torch.isnan(b)
+    assert torch.equal(na, nb), "NaN positions differ"
+    ia = a.masked_fill(na, 0).contiguous().view(torch.int16 if a.element_size() == 2 else torch.int32)
+    ib = b.masked_fill(nb, 0).contiguous().view(torch.int16 if b.element_size() == 2 else torch.int32)
+    bad = (ia != ib).nonzero()
+    assert bad.numel() == 0, f"{bad.shape[0]} mismatches, first at {bad[:5].tolist()}"
+
+
+def codes_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape, (a.shape, b.shape)
+    bad = (a != b).nonzero()
+    assert bad.numel() == 0, f"{bad.shape[0]} mismatches, first at {bad[:5].tolist()}"
+
+
+def grid_corners() -> torch.Tensor:
+    """float32 values at and one ulp around every rounding midpoint and grid point of every format, both signs."""
+    vals = [0.0, 2.0**-149, 2.0**-126, 2.0**-127, 3.4028234663852886e38, math.inf, 1.0, 1.5]
+    for f in FORMATS.values():
+        if f.name == "e8m0":
+            grid = [2.0**k for k in range(-127, 128)]
+        else:
+            grid = [code_value(f, c) for c in range(f.max_code + 1)]
+            grid.append(2 * grid[-1] - grid[-2])
+        vals += grid
+        vals += [(a + b) / 2 for a, b in zip(grid, grid[1:])]
+        vals += [1.5 * g for g in grid]
+    v = torch.tensor(vals, dtype=torch.float32)
+    v = torch.cat([v, torch.nextafter(v, torch.full_like(v, math.inf)), torch.nextafter(v, torch.zeros_like(v))])
+    return torch.cat([v, -v, torch.tensor([math.nan, -math.nan])])
+
+
+def random_f32(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2**31, 2**31, (n,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def amax_sweep(dtype: torch.dtype, block: int, seed: int = 0) -> torch.Tensor:
+    """One block per non-NaN pattern p of ``dtype``: p, then p·2^-k with random k >= 0 and sign (|.| <= |p|),
+    so that the block amax runs through every pattern."""
+    p = all_patterns(dtype).float()
+    p = p[~torch.isnan(p)]
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, 12, (p.numel(), block - 1), generator=g).float()
+    s = torch.randint(0, 2, (p.numel(), block - 1), generator=g).float() * 2 - 1
+    rest = p[:, None].abs() * torch.exp2(-k) * s
+    rest = torch.where(torch.isinf(rest), torch.zeros_like(rest), rest)
+    return torch.cat([p[:, None], rest], dim=1).to(dtype)
+
+
+def mixed_blocks(dtype: torch.dtype, block: int, seed: int = 1) -> torch.Tensor:
+    """All patterns of ``dtype`` in a fixed random order, as blocks (NaN and Inf blocks included)."""
+    p = all_patterns(dtype)
+    perm = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(seed))
+    return p[perm].reshape(-1, block)
+
+
+# --- §2 codecs --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_encode_every_pattern(ops, fmt, dtype):
+    x = all_patterns(dtype)
+    codes_equal(ops.encode(x, fmt), codecs.encode(x, fmt))
+    f = FORMATS[fmt]
+    if f.nan_code is None and fmt != "e8m0":  # saturate=False raises on NaN/overflow: compare the rest
+        x = x[x.float().abs() <= f.max_finite]
+    codes_equal(ops.encode(x, fmt, saturate=False), codecs.encode(x, fmt, saturate=False))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_encode_float32_corners_and_random_bits(ops, fmt):
+    x = torch.cat([grid_corners(), random_f32(50_001, 7)])  # odd length: the scalar tail runs too
+    codes_equal(ops.encode(x, fmt), codecs.encode(x, fmt))
+    if fmt in ("e4m3", "e5m2", "e8m0"):
+        codes_equal(ops.encode(x, fmt, saturate=False), codecs.encode(x, fmt, saturate=False))
+
+
+@pytest.mark.parametrize("fmt", ["e2m1", "e2m3", "e3m2"])
+def test_encode_unrepresentable_raises(ops, fmt):
+    for bad in (math.nan, 1e9, -math.inf):
+        x = torch.tensor([0.5, bad, 1.0])
+        with pytest.raises(ValueError, match="saturate=False"):
+            ops.encode(x, fmt, saturate=False)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_decode_every_code(ops, fmt):
+    f = FORMATS[fmt]
+    n = 256 if fmt in ("e4m3", "e5m2", "e8m0") else 1 << f.bits
+    codes = torch.arange(n, dtype=torch.uint8).repeat(3)[:-1]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.decode(codes, fmt, dtype), codecs.decode(codes, fmt, dtype))
+    if n < 256:
+        with pytest.raises(ValueError, match="not .* codes"):
+            ops.decode(torch.tensor([0, n], dtype=torch.uint8), fmt)
+
+
+# --- §3 layouts -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(2,), (3, 34), (5, 64), (1, 1000)])
+def test_pack_unpack(ops, shape):
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, shape, generator=g, dtype=torch.uint8)
+    packed = ops.pack_fp4(codes)
+    codes_equal(packed, layouts.pack_fp4(codes))
+    codes_equal(ops.unpack_fp4(packed), layouts.unpack_fp4(packed))
+    bad = codes.clone()
+    bad.view(-1)[-1] = 16
+    with pytest.raises(ValueError, match="> 15"):
+        ops.pack_fp4(bad)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 5), (127, 4), (128, 8), (129, 9), (300, 37)])
+def test_swizzle_unswizzle(ops, rows, cols):
+    g = torch.Generator().manual_seed(rows * 100 + cols)
+    s = torch.randint(0, 256, (rows, cols), generator=g, dtype=torch.uint8)
+    blocked = ops.swizzle_scales(s)
+    codes_equal(blocked, layouts.swizzle_scales(s))
+    codes_equal(ops.unswizzle_scales(blocked, rows, cols), layouts.unswizzle_scales(blocked, rows, cols))
+
+
+# --- §4 MX -----------------------------------------------------------------------------------------------
+def check_mx(ops, x, elem, mode, **kw):
+    got, want = ops.quantize_mx(x, elem, scale_mode=mode, **kw), mx.quantize_mx(x, elem, scale_mode=mode, **kw)
+    codes_equal(got.scales, want.scales)
+    codes_equal(got.data, want.data)
+    assert (got.shape, got.axis, got.elem, got.block_size) == (want.shape, want.axis, want.elem, want.block_size)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.dequantize_mx(want, dtype), mx.dequantize_mx(want, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("elem,mode", MX_CASES)
+def test_quantize_mx_every_pattern(ops, elem, mode, dtype):
+    check_mx(ops, amax_sweep(dtype, 32), elem, mode)
+    check_mx(ops, mixed_blocks(dtype, 32), elem, mode)
+
+
+@pytest.mark.parametrize("elem,mode", MX_CASES)
+def test_quantize_mx_float32_and_generic_blocks(ops, elem, mode):
+    x = torch.cat([random_f32(32 * 96, 11), grid_corners()[:32 * 8]]).reshape(-1, 32)
+    x = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.7, x * 1e-30, x)
+    check_mx(ops, x, elem, mode)
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(6, 48, generator=g) * torch.exp2(torch.randint(-140, 120, (6, 1), generator=g).float())
+    check_mx(ops, y.to(torch.bfloat16), elem, mode, block_size=16)  # untiled block size
+    check_mx(ops, y, elem, mode, block_size=48, axis=1)
+    check_mx(ops, y.t(), elem, mode, block_size=2, axis=0)  # non-contiguous, blocks along axis 0
+    if elem != "e2m1":
+        check_mx(ops, y, elem, mode, block_size=3)
+
+
+def test_scale_byte_float32_sweep(low):
+    """Scale bytes for amax over every exponent with mantissas at the rounding edges (all modes, formats)."""
+    ms = torch.tensor([0, 1, 0x1FFFFF, 0x200000, 0x200001, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000,
+                       0x7FFFFF], dtype=torch.int32)
+    ms = torch.cat([ms, torch.randint(0, 1 << 23, (40,), generator=torch.Generator().manual_seed(9),
+                                      dtype=torch.int32)])
+    bits = ((torch.arange(256, dtype=torch.int32)[:, None] << 23) | ms[None, :]).reshape(-1)
+    amax = bits.view(torch.float32)
+    for elem, mode in MX_CASES:
+        f = FORMATS[elem]
+        want = mx.scale_bytes(amax, f, mode)
+        got = torch.tensor([low.lib.cpu_scale_byte(int(b) & 0xFFFFFFFF, list(FORMATS).index(elem),
+                                                   mx.SCALE_MODES.index(mode)) for b in bits.tolist()],
+                           dtype=torch.int32).to(torch.uint8)
+        codes_equal(got, want)
+
+
+# --- §5 NVFP4 ---------------------------------------------------------------------------------------------
+def check_nv(ops, x, global_amax=None, block_size=16):
+    got = ops.quantize_nvfp4(x, global_amax=global_amax, block_size=block_size)
+    want = nvfp4.quantize_nvfp4(x, global_amax=global_amax, block_size=block_size)
+    bits_equal(got.global_scale, want.global_scale)
+    codes_equal(got.scales, want.scales)
+    codes_equal(got.data, want.data)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.dequantize_nvfp4(want, dtype), nvfp4.dequantize_nvfp4(want, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_quantize_nvfp4_every_pattern(ops, dtype):
+    src = torch.bfloat16 if dtype == torch.float32 else dtype
+    for x in (amax_sweep(src, 16).to(dtype), mixed_blocks(src, 16).to(dtype)):
+        check_nv(ops, x)
+        for a in (0.0, 1.0, 2688.0, 3.0e38, 1e-30):
+            check_nv(ops, x, global_amax=a)
+
+
+def test_quantize_nvfp4_generic_block_and_shapes(ops):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, 64, generator=g) * torch.exp2(torch.randint(-60, 60, (3, 5, 1), generator=g).float())
+    x[0, 1, 3] = math.inf
+    x[2, 4, 40] = math.nan
+    check_nv(ops, x)
+    check_nv(ops, x, block_size=32)
+    check_nv(ops, x[..., :34], block_size=2)
+
+
+def test_te_encode_scale(low):
+    a = torch.cat([random_f32(20000, 13).abs(), grid_corners().abs()])
+    a = a[torch.isfinite(a)]
+    got = torch.tensor([low.lib.cpu_te_encode_scale(float(v)) for v in a.tolist()], dtype=torch.float32)
+    bits_equal(got, nvfp4.te_encode_scale(a))
+
+
+# --- §7 Hadamard and the fused rotation + quantization --------------------------------------------------
+def rotation_input(dtype, rows=3, k=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g) * torch.exp2(torch.randint(-30, 30, (rows, k), generator=g).float())
+    x[0, 5] = math.inf
+    x[1, 300] = math.nan
+    x[2, 7] = -0.0
+    return x.to(dtype)
+
+
+def signs_for(n, seed):
+    return hadamard.random_signs(n, seed=seed)
+
+
+@pytest.mark.parametrize("hb", [2, 4, 8, 16, 32, 64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_block_hadamard(ops, hb, dtype):
+    x = rotation_input(dtype)
+    for signs in (None, signs_for(hb, 1), signs_for(512, 2)):
+        bits_equal(ops.block_hadamard(x, hb, signs=signs), hadamard.block_hadamard(x, hb, signs=signs))
+    y = x.t()  # blocks along axis 0, non-contiguous input
+    bits_equal(ops.block_hadamard(y, hb, axis=0), hadamard.block_hadamard(y, hb, axis=0))
+
+
+def reference_hadamard_quantize(x, fmt, hb, signs, mode, global_amax):
+    y = hadamard.block_hadamard(x, hb, signs=signs)
+    if fmt == "mxfp4":
+        return mx.quantize_mx(y, "e2m1", block_size=32, scale_mode=mode)
+    return nvfp4.quantize_nvfp4(y, global_amax=global_amax)
+
+
+@pytest.mark.parametrize("hb", [2, 4, 8, 16, 32, 64, 128, 256])
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_hadamard_quantize(ops, fmt, hb):
+    modes = mx.SCALE_MODES if fmt == "mxfp4" else ("floor",)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = rotation_input(dtype, seed=hb)
+        for mode in modes:
+            for signs, ga in ((None, None), (signs_for(hb, 3), 5.0), (signs_for(512, 4), None)):
+                got, blocked = ops.hadamard_quantize(x, fmt, hadamard_block=hb, signs=signs, scale_mode=mode,
+                                                     global_amax=ga, swizzle=True)
+                want = reference_hadamard_quantize(x, fmt, hb, signs, mode, ga)
+                codes_equal(got.scales, want.scales)
+                codes_equal(got.data, want.data)
+                codes_equal(blocked, layouts.swizzle_scales(want.scales.reshape(-1, want.scales.shape[-1])))
+                if fmt == "nvfp4":
+                    bits_equal(got.global_scale, want.global_scale)
+
+
+def test_hadamard_quantize_odd_rows(ops):
+    """A row count that is not a multiple of 128 (swizzle padding) and a 1-D input."""
+    x = rotation_input(torch.bfloat16, rows=131, k=64, seed=5)
+    got, blocked = ops.hadamard_quantize(x, "nvfp4", hadamard_block=64, swizzle=True)
+    want = reference_hadamard_quantize(x, "nvfp4", 64, None, None, None)
+    codes_equal(got.data, want.data)
+    codes_equal(blocked, layouts.swizzle_scales(want.scales))
+    v = x[3]
+    got = ops.hadamard_quantize(v, "mxfp4", hadamard_block=16)
+    want = reference_hadamard_quantize(v, "mxfp4", 16, None, "floor", None)
+    codes_equal(got.data, want.data)
+    codes_equal(got.scales, want.scales)
