@@ -7,6 +7,7 @@ Hadamard of size G (applied within each group before quantizing), it reports per
                                                              whether measured before or after rotating back)
   MSE_top,rel = mean over groups of (x_top - x̂_top)² / x_top², x_top the group's largest |x|; with
                 rotation x̂ = R·Q(R·x) is rotated back first (R = H/√G is its own inverse).
+  top/avg     = E[(x_top - x̂_top)²] / E[(x - x̂)²]: Lemma 1 says it becomes 1 after rotation.
 Formats: NVFP4 (E4M3 group scale + float32 tensor scale, recipe "te", block_size = G), MXFP4 with E8M0
 scales under each scale mode (floor, rceil, even, stretch = the 4/3 rule of QuTLASS/FP-Quant), and
 "ideal" = an unquantized float32 absmax scale amax/6 (the setting of the paper's lemmas).
@@ -60,12 +61,14 @@ def rel_mse(x: torch.Tensor, xq: torch.Tensor, g: int) -> float:
     return (eb.square().sum(-1) / xb.square().sum(-1)).mean().item()
 
 
-def top_rel_mse(x: torch.Tensor, xq: torch.Tensor, g: int) -> float:
-    """Mean over groups of (x_top - x̂_top)² / x_top², x_top the largest |x| of the group."""
-    xb, qb = x.reshape(-1, g), xq.reshape(-1, g)
+def top_metrics(x: torch.Tensor, xq: torch.Tensor, g: int) -> tuple[float, float]:
+    """(mean over groups of (x_top - x̂_top)² / x_top², E[(x_top - x̂_top)²] / E[(x - x̂)²]), x_top the largest
+    |x| of the group. The second is Lemma 1's statement: 1 when the top element is no better off than the
+    average element, 0 when absmax scaling represents it exactly."""
+    xb, eb = x.reshape(-1, g), (x - xq).reshape(-1, g)
     top = xb.abs().argmax(-1, keepdim=True)
-    xt = xb.gather(-1, top)
-    return ((xt - qb.gather(-1, top)).square() / xt.square()).mean().item()
+    xt, et2 = xb.gather(-1, top), eb.gather(-1, top).square()
+    return (et2 / xt.square()).mean().item(), (et2.mean() / eb.square().mean()).item()
 
 
 def run(log2n: int, seed: int) -> list[dict]:
@@ -79,17 +82,20 @@ def run(log2n: int, seed: int) -> list[dict]:
                 xq, yq = quantize(x, fmt, g), quantize(xr, fmt, g)
                 # The rotated layer computes with x̂ = R^T Q(R x): the error of the original top element is
                 # measured after rotating back (R is its own inverse); MSE_rel is the same in either basis.
-                rows.append(dict(dist=dist, fmt=fmt, g=g, mse=rel_mse(x, xq, g), top=top_rel_mse(x, xq, g),
-                                 mse_rot=rel_mse(xr, yq, g), top_rot=top_rel_mse(x, block_hadamard(yq, g), g)))
+                r = dict(dist=dist, fmt=fmt, g=g, mse=rel_mse(x, xq, g), mse_rot=rel_mse(xr, yq, g))
+                r["top"], r["share"] = top_metrics(x, xq, g)
+                r["top_rot"], r["share_rot"] = top_metrics(x, block_hadamard(yq, g), g)
+                rows.append(r)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'dist':8} {'format':11} {'G':>4} | {'MSE_rel':>9} {'+Had':>9} {'ratio':>6} | "
-          f"{'MSE_top':>9} {'+Had':>9}")
+    print(f"{'dist':8} {'format':11} {'G':>4} | {'MSE_rel':>8} {'+Had':>8} {'ratio':>6} | "
+          f"{'MSE_top':>8} {'+Had':>8} | {'top/avg':>7} {'+Had':>6}")
     for r in rows:
-        print(f"{r['dist']:8} {r['fmt']:11} {r['g']:4d} | {r['mse']:9.5f} {r['mse_rot']:9.5f} "
-              f"{r['mse_rot'] / r['mse']:6.3f} | {r['top']:9.5f} {r['top_rot']:9.5f}")
+        print(f"{r['dist']:8} {r['fmt']:11} {r['g']:4d} | {r['mse']:8.5f} {r['mse_rot']:8.5f} "
+              f"{r['mse_rot'] / r['mse']:6.3f} | {r['top']:8.5f} {r['top_rot']:8.5f} | "
+              f"{r['share']:7.3f} {r['share_rot']:6.3f}")
 
 
 def plot(rows: list[dict], path: str) -> bool:
@@ -112,7 +118,11 @@ def plot(rows: list[dict], path: str) -> bool:
                 ax.plot(gs, [r[key + "_rot"] for r in rs], "--s", color=colors[fmt], label=f"{fmt} + Hadamard")
             ax.set_xscale("log", base=2)
             ax.set_xticks(GROUPS, [str(g) for g in GROUPS])
-            ax.set_yscale("symlog", linthresh=1e-4) if key == "top" else ax.set_yscale("log")
+            if key == "top":  # symlog so that the exact zeros of "ideal" without rotation show
+                ax.set_yscale("symlog", linthresh=1e-4)
+                ax.set_ylim(0, 3e-2)
+            else:
+                ax.set_yscale("log")
             ax.set_title(f"{dist}: {name}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             if i == 1:

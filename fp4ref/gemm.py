@@ -98,11 +98,14 @@ def _values_and_scales(q: MXTensor | NVFP4Tensor) -> tuple[torch.Tensor, torch.T
     return vals, table[q.scales.view(torch.uint8).long()].double()
 
 
-def exact_block_sum(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor) -> torch.Tensor:
-    """``S[m, n] = Σ_j P_j[m, n] · sa[m, j] · sb[n, j]`` accumulated in float64 in increasing j (no global scales)."""
+def exact_block_sum(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *, absolute: bool = False) -> torch.Tensor:
+    """``S[m, n] = Σ_j P_j[m, n] · sa[m, j] · sb[n, j]`` accumulated in float64 in increasing j (no global scales);
+    ``absolute=True`` sums ``|a_k b_k|`` instead."""
     va, sa = _values_and_scales(a)
     vb, sb = _values_and_scales(b)
-    nb, m, bs = va.shape
+    if absolute:
+        va, sa, vb, sb = va.abs(), sa.abs(), vb.abs(), sb.abs()
+    nb, m, _ = va.shape
     n = vb.shape[1]
     out = torch.zeros(m, n, dtype=torch.float64, device=va.device)
     step = max(1, _CHUNK_BYTES // max(1, 4 * m * n))
@@ -156,6 +159,23 @@ def round_to(hi: torch.Tensor, resid_sign: torch.Tensor | None, out_dtype: torch
     return r
 
 
+def _mantissa_bits(dtype: torch.dtype) -> int:
+    return {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10, torch.float64: 52}[dtype]
+
+
+def fp4_mm_tolerance(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
+                     out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SPEC §8's bound for a fast backend: ``(K·2^-23 + 2^-p) · Σ_k |a_k b_k|`` (float64, (M, N)), p the output
+    format's mantissa bits + 1; the constant factor (global scales, 1/3 per stretch operand) included."""
+    kind = check_fp4_mm(a, b, out_dtype)
+    s = exact_block_sum(a, b, absolute=True)
+    if kind == "nvfp4":
+        s = s * abs(float(a.global_scale.float().reshape(()) * b.global_scale.float().reshape(())))
+    else:
+        s = s / 3 ** ((a.scale_mode == "stretch") + (b.scale_mode == "stretch"))
+    return (a.shape[1] * 2.0**-23 + 2.0 ** -(_mantissa_bits(out_dtype) + 1)) * s
+
+
 def fp4_linear(x: torch.Tensor, w: MXTensor | NVFP4Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Weight-only FP4 (W4A16): ``x @ deq(w)ᵀ (+ bias)`` in float64, rounded once to ``x.dtype``.
 
@@ -199,4 +219,4 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
     return round_to(hi, sign, out_dtype)
 
 
-__all__ = ["fp4_mm", "fp4_linear", "check_fp4_mm", "check_mm_args", "check_linear_args", "exact_block_sum", "round_to", "OUT_DTYPES"]
+__all__ = ["fp4_mm", "fp4_linear", "fp4_mm_tolerance", "check_fp4_mm", "check_mm_args", "check_linear_args", "exact_block_sum", "round_to", "OUT_DTYPES"]

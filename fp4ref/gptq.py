@@ -117,7 +117,8 @@ def _check(W: object, H: object, grid: object, block_size: int, damp: float, sca
     if not isinstance(H, torch.Tensor) or not H.is_floating_point():
         raise TypeError(f"H must be a floating-point tensor, got {type(H).__name__}")
     if tuple(H.shape) != (W.shape[1], W.shape[1]):
-        raise ValueError(f"H must be ({W.shape[1]}, {W.shape[1]}) for W of shape {tuple(W.shape)}, got {tuple(H.shape)}")
+        raise ValueError(f"H must be ({W.shape[1]}, {W.shape[1]}) for W of shape {tuple(W.shape)}, "
+                         f"got {tuple(H.shape)}")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a fp4ref.grids grid (IntGrid, MXGrid, NVFP4Grid), got {type(grid).__name__}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -167,18 +168,19 @@ def gptq(W: torch.Tensor, H: torch.Tensor, grid: Grid, *, block_size: int = 128,
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1, U1 = Wd[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
         for i in range(i2 - i1):
             c = order[i1 + i]
             if scales == "dynamic" and c % G == 0:
                 grid.refit_group(fitted, Wd[:, c:c + G], c // G)
             w, d = W1[:, i], U1[i, i]
             q = grid.quantize_column(w, c, fitted)
-            Q[:, i1 + i] = q
+            Q1[:, i] = q
             err = (w - q) / d
             losses += err * err
             W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))
             Err1[:, i] = err
+        Q[:, i1:i2] = Q1
         Wd[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
 
     if perm is not None:
@@ -211,5 +213,14 @@ def mr_gptq(W: torch.Tensor, H: torch.Tensor, fmt: str = "mxfp4", *, hadamard_bl
                         Rotation(block, None if signs is None else signs.clone()))
 
 
-__all__ = ["HessianAccumulator", "GPTQResult", "MRGPTQResult", "Rotation", "gptq", "mr_gptq",
-           "inverse_hessian_factor", "damp_ladder", "rotate_layer"]
+__all__ = [
+    "GPTQResult",
+    "HessianAccumulator",
+    "MRGPTQResult",
+    "Rotation",
+    "damp_ladder",
+    "gptq",
+    "inverse_hessian_factor",
+    "mr_gptq",
+    "rotate_layer",
+]

@@ -261,7 +261,7 @@ class MXGrid(Grid):
                 f"scale_search={self.scale_search!r})")
 
     def _absmax_bytes(self, W: torch.Tensor) -> torch.Tensor:
-        rows, cols = W.shape
+        rows = W.shape[0]
         return scale_bytes(W.float().abs().reshape(rows, -1, self.group_size).amax(-1), self.fmt, self.scale_mode)
 
     def _fit(self, W: torch.Tensor) -> MXScales:
@@ -360,7 +360,7 @@ class NVFP4Grid(Grid):
 
     def _fit(self, W: torch.Tensor) -> NVFP4Scales:
         s_enc, gs = self._globals(W)
-        rows, cols = W.shape
+        rows = W.shape[0]
         bamax = W.float().abs().reshape(rows, -1, self.group_size).amax(-1)
         fitted = NVFP4Scales(self._block_scales(bamax, s_enc, gs), gs.reshape(()), s_enc.reshape(()))
         if self.scale_search == "mse":
@@ -417,5 +417,15 @@ def grid_for(fmt: str, **kwargs) -> Grid:
     raise ValueError(f"fmt={fmt!r} is not one of 'int4', 'mxfp4', 'nvfp4'")
 
 
-__all__ = ["Grid", "IntGrid", "MXGrid", "NVFP4Grid", "IntScales", "MXScales", "NVFP4Scales", "IntTensor",
-           "grid_for", "SCALE_SEARCHES"]
+__all__ = [
+    "SCALE_SEARCHES",
+    "Grid",
+    "IntGrid",
+    "IntScales",
+    "IntTensor",
+    "MXGrid",
+    "MXScales",
+    "NVFP4Grid",
+    "NVFP4Scales",
+    "grid_for",
+]

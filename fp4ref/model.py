@@ -303,6 +303,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
         q_batches = _block_inputs(model, calibration, batch_size, device)
         f_batches = list(q_batches)
         for b, block in enumerate(layers):
+            if b > max(chosen, default=-1):
+                break  # nothing left to quantize: later blocks need no inputs
             t_block = time.perf_counter()
             if b not in chosen:
                 q_batches, _ = _run_block(block, q_batches)

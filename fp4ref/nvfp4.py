@@ -132,13 +132,14 @@ def _quantize_modelopt(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor
 # --- recipe "compressed-tensors": llm-compressor observer + compressed-tensors NVFP4PackedCompressor -------
 def _quantize_compressed_tensors(xb: torch.Tensor, bamax: torch.Tensor, amax: torch.Tensor,
                                  src_dtype: torch.dtype = torch.float32):
-    """CT computes some steps in the weight's dtype D (``src_dtype``), as torch does there:
-    gs = D(2688 / max(D(A), tiny_D)), 1 if not finite; s_b = e4m3(min(fp32(gs * D(bamax / 6)), 448)),
-    0x20 (0.125) where that is 0; elements fp32(x / fp32(s_b / gs)), sign of a scaled zero dropped.
+    """CT computes some steps in the weight's dtype D (``src_dtype``), each op rounded to D as torch does:
+    gs = D(D(1 / max(A, tiny_D)) * 2688) (torch evaluates ``2688 / t`` as ``t.reciprocal() * 2688``), 1 if
+    not finite; s_b = e4m3(min(fp32(gs * D(bamax / 6)), 448)), 0x20 (0.125) where that is 0;
+    elements fp32(x / fp32(s_b / gs)), sign of a scaled zero dropped.
     CT stores gs (encode direction); the returned global_scale is fp32(1 / gs) (decode, SPEC §5)."""
     dev = amax.device
     a = torch.clamp(amax.to(src_dtype), min=torch.finfo(src_dtype).tiny)
-    gs = torch.nan_to_num(2688.0 / a, nan=1.0, posinf=1.0, neginf=1.0).float()
+    gs = torch.nan_to_num(torch.reciprocal(a) * 2688.0, nan=1.0, posinf=1.0, neginf=1.0).float()
     bs = (bamax.to(src_dtype) / torch.tensor(6.0, dtype=src_dtype, device=dev)).float()
     s_b = encode(torch.clamp(gs * bs, max=448.0), E4M3, saturate=True)
     s_b = s_b.masked_fill(s_b == 0, 0x20)  # CT replaces a zero scale by 0.125 = 2^-3

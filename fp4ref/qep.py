@@ -110,4 +110,4 @@ def alpha_for(name: str, alpha: float = PAPER_ALPHA, patterns: Mapping[str, floa
     return float(alpha)
 
 
-__all__ = ["QEPAccumulator", "qep_target", "alpha_for", "ORIGINAL_EXCLUDE", "ORIGINAL_DAMP", "PAPER_ALPHA"]
+__all__ = ["ORIGINAL_DAMP", "ORIGINAL_EXCLUDE", "PAPER_ALPHA", "QEPAccumulator", "alpha_for", "qep_target"]

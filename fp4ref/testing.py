@@ -8,8 +8,9 @@ rounding (a tensor-core Hadamard, an FMA) may flip a code; ``allow=`` tolerates 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -277,9 +278,15 @@ def assert_quantized_equal(actual: Any, x: torch.Tensor, fmt: str, *, allow: tor
     axis), "nvfp4" (kwargs: global_amax, recipe, block_size), or an element format name (MX with that element;
     with ``block_size=None`` plain ``encode``, kwargs: saturate). ``actual``: MXTensor, NVFP4Tensor or
     ``(data, scales[, global_scale])`` with data packed or one code per byte (blocked axis last) and scales
-    plain or in the swizzled 128x4 layout (``swizzled=None`` guesses from the size). ``allow`` (x's shape)
+    plain or in the swizzled 128x4 layout (``swizzled=None`` guesses from the size); an MXTensor/NVFP4Tensor
+    supplies its own block_size, scale_mode, axis or recipe unless kwargs name them. ``allow`` (x's shape)
     tolerates element flips where True and a scale flip in a block where every element is allowed.
     """
+    mx_like = fmt != "nvfp4" and kwargs.get("block_size", 0) is not None
+    if isinstance(actual, MXTensor) and mx_like:  # its own settings unless the caller overrides them
+        kwargs = {"block_size": actual.block_size, "scale_mode": actual.scale_mode, "axis": actual.axis, **kwargs}
+    elif isinstance(actual, NVFP4Tensor) and fmt == "nvfp4":
+        kwargs = {"block_size": actual.block_size, "recipe": actual.recipe, **kwargs}
     spec = _spec(fmt, kwargs)
     ref = _reference(x, spec)
     data, scales, gscale = _split_actual(actual, spec)
@@ -325,15 +332,15 @@ def assert_quantized_equal(actual: Any, x: torch.Tensor, fmt: str, *, allow: tor
 
 
 # --- where a flip is legitimate ----------------------------------------------------------------------------
-def _midpoints(f: Format) -> torch.Tensor:
+def _midpoints(f: Format, device: torch.device) -> torch.Tensor:
     """Positive rounding boundaries of ``f``: midpoints between adjacent finite codes (float64)."""
-    g = decode_table(f)[: f.max_code + 1].double()
+    g = decode_table(f, device)[: f.max_code + 1].double()
     return (g[:-1] + g[1:]) / 2
 
 
 def _near_midpoint(v: torch.Tensor, f: Format, tol: float) -> torch.Tensor:
     """|v| within a relative ``tol`` of a midpoint (float64 ``v``; non-finite never)."""
-    mids = _midpoints(f)
+    mids = _midpoints(f, v.device)
     a = v.abs()
     i = torch.bucketize(a, mids).clamp_(1, mids.numel() - 1)
     near = torch.minimum((a - mids[i - 1]).abs() / mids[i - 1], (a - mids[i]).abs() / mids[i])
@@ -361,7 +368,7 @@ def near_boundary(x: torch.Tensor, fmt: str, *, tol: float = 1e-5, **kwargs: Any
         raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
     spec = _spec(fmt, kwargs)
     if spec.kind == "encode":
-        return _near_midpoint(x.double(), spec.elem, tol).to(x.device)
+        return _near_midpoint(x.double(), spec.elem, tol)
     q = _reference(x, spec)
     xb = _blocked_input(x, q)
     bs = q.block_size
@@ -394,5 +401,5 @@ def near_boundary(x: torch.Tensor, fmt: str, *, tol: float = 1e-5, **kwargs: Any
     return mask.movedim(-1, ax) if ax != x.dim() - 1 else mask
 
 
-__all__ = ["assert_codes_equal", "assert_quantized_equal", "near_boundary", "Context", "code_mismatch_report",
-           "value_mismatch_report", "MX_FORMATS"]
+__all__ = ["MX_FORMATS", "Context", "assert_codes_equal", "assert_quantized_equal", "code_mismatch_report",
+           "near_boundary", "value_mismatch_report"]

@@ -23,6 +23,7 @@ FMT_IDS = {"e2m1": 0, "e2m3": 1, "e3m2": 2, "e4m3": 3, "e5m2": 4, "e8m0": 5}
 MODE_IDS = {m: i for i, m in enumerate(SCALE_MODES)}  # floor, ceil, even, rceil, stretch (arith.cuh order)
 MX_E2M1, MX_ANY, NV_TE = 0, 1, 2
 IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FUSED_BLOCKS = (16, 32, 64, 128)  # rotation blocks with a one-pass kernel; others rotate, then quantize
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -166,6 +167,9 @@ class Ops:
         xc = _dense(x)
         s = _signs(signs, x.device)
         r = inv_sqrt(hadamard_block)
+        if hadamard_block not in FUSED_BLOCKS:  # two passes, same bits
+            xc = self.low.block_hadamard(xc, hadamard_block, s, r)
+            hadamard_block, s, r = 1, None, 1.0
         if fmt == "mxfp4":
             data, scales, _, swz = self.low.quantize(xc, MX_E2M1, 0, MODE_IDS[scale_mode], 32, hadamard_block, s, r,
                                                      None, bool(swizzle))

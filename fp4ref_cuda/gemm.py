@@ -80,7 +80,7 @@ def _cutlass_arch(dev: torch.device) -> str | None:
 
 def cutlass_supported(m: int, n: int, k: int) -> bool:
     """Shapes the CUTLASS kernels take (see gemm_sm100a.cu / gemm_sm120a.cu)."""
-    return m > 0 and n > 0 and k % 128 == 0 and n % 4 == 0
+    return m > 0 and n > 0 and k % 256 == 0 and n % 4 == 0
 
 
 def _cutlass_mm(arch: str, a, b, alpha: torch.Tensor | None) -> torch.Tensor:

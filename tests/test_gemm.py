@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fp4ref.gemm import fp4_mm, round_to
+from fp4ref.gemm import fp4_mm, fp4_mm_tolerance, round_to
 from fp4ref.layouts import pack_fp4
 from fp4ref.mx import MXTensor, quantize_mx
 from fp4ref.nvfp4 import NVFP4Tensor, quantize_nvfp4
@@ -258,6 +258,25 @@ def test_vectorized_shape_is_fast_enough():
     assert torch.equal(fp4_mm(a, b, out_dtype=torch.float64), ref)
 
 
+@pytest.mark.parametrize("quant", ["mx", "stretch", "nvfp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tolerance_admits_a_float32_kernel_and_rejects_a_wrong_one(quant, dtype):
+    """Dequantize-then-float32-matmul (what a fast kernel does) meets SPEC §8's bound; dropping one K-block
+    does not."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(16, 512, generator=g), torch.randn(8, 512, generator=g)
+    q = {"mx": quantize_mx, "stretch": lambda t: quantize_mx(t, scale_mode="stretch"),
+         "nvfp4": quantize_nvfp4}[quant]
+    a, b = q(x), q(w)
+    ref, tol = fp4_mm(a, b, out_dtype=dtype).double(), fp4_mm_tolerance(a, b, out_dtype=dtype)
+    fast = (a.dequantize() @ b.dequantize().T).to(dtype).double()
+    assert bool(((fast - ref).abs() <= tol).all())
+    da = a.dequantize().clone()
+    da[:, :32] = 0
+    wrong = (da @ b.dequantize().T).to(dtype).double()
+    assert not bool(((wrong - ref).abs() <= tol).all())
+
+
 def test_bad_inputs():
     x = torch.randn(4, 64)
     a, b = quantize_mx(x), quantize_mx(torch.randn(3, 64))
@@ -277,3 +296,11 @@ def test_bad_inputs():
         fp4_mm(quantize_mx(torch.randn(2, 4, 64)), b)
     with pytest.raises(TypeError, match="out_dtype"):
         fp4_mm(a, b, out_dtype=torch.int32)
+    bad = quantize_mx(torch.randn(3, 64))
+    bad.data = bad.data.float()
+    with pytest.raises(TypeError, match="b.data"):
+        fp4_mm(a, bad)
+    nb = quantize_nvfp4(torch.randn(3, 64))
+    nb.scales = nb.scales[:, :2]
+    with pytest.raises(ValueError, match="b.scales"):
+        fp4_mm(quantize_nvfp4(x), nb)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fp4ref.grids import IntGrid, MXGrid, NVFP4Grid
 from fp4ref.gptq import GPTQResult, HessianAccumulator, MRGPTQResult, gptq, mr_gptq, rotate_layer
+from fp4ref.grids import IntGrid, MXGrid, NVFP4Grid
 from fp4ref.hadamard import block_hadamard, hadamard_matrix
 from fp4ref.mx import quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
@@ -123,7 +123,7 @@ def test_hessian_accumulator_matches_formula():
     with pytest.raises(ValueError, match="last dimension"):
         acc.add(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="no inputs"):
-        HessianAccumulator(4).H
+        _ = HessianAccumulator(4).H
 
 
 # --- GPTQ equals RTN when H is diagonal ----------------------------------------------------------------------
@@ -181,7 +181,8 @@ def test_dynamic_scales_reproduce_original(groupsize, blocksize, sym):
     W = weight(40, 192, seed=4)
     Q_ref, loss_ref = orig_fasterquant(W, H, blocksize, 0.01, groupsize, 4, sym)
     res = gptq(W, H, IntGrid(4, groupsize, symmetric=sym), block_size=blocksize, scales="dynamic")
-    assert torch.equal(res.weight.double(), Q_ref.float().double())
+    assert torch.equal(res.quantized.dequantize(torch.float64), Q_ref)
+    assert torch.equal(res.weight, Q_ref.float())
     assert abs(res.loss - loss_ref) <= 1e-12 * loss_ref
     static = gptq(W, H, IntGrid(4, groupsize, symmetric=sym), block_size=blocksize)
     assert not torch.equal(static.weight, res.weight)  # the two scale policies are really different
@@ -195,7 +196,7 @@ def test_dynamic_stale_scales_depend_on_block_size():
     a = gptq(W, H, IntGrid(4, 16), block_size=16, scales="dynamic")
     b = gptq(W, H, IntGrid(4, 16), block_size=128, scales="dynamic")
     assert not torch.equal(a.weight, b.weight)
-    assert torch.equal(a.weight.double(), orig_fasterquant(W, H, 16, 0.01, 16)[0].float().double())
+    assert torch.equal(a.quantized.dequantize(torch.float64), orig_fasterquant(W, H, 16, 0.01, 16)[0])
 
 
 # --- the loss -------------------------------------------------------------------------------------------------

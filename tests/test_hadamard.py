@@ -174,3 +174,22 @@ def test_bad_inputs():
         rotate_weight(torch.zeros(16), 16)
     with pytest.raises(ValueError, match="power of two"):
         hadamard_matrix(12)
+
+
+def test_rotation_mse_benchmark_smoke():
+    """benchmarks/rotation_mse.py on 2^13 values: Lemma 1 and the Normal-invariance hold even this small."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "rotation_mse.py"
+    spec = importlib.util.spec_from_file_location("rotation_mse", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.run(13, 0)
+    assert len(rows) == len(mod.DISTS) * len(mod.GROUPS) * len(mod.FORMATS)
+    for r in rows:
+        if r["fmt"] == "ideal":
+            assert r["top"] == 0.0 and r["share"] == 0.0 and 0.5 < r["share_rot"] < 2
+        if r["dist"] == "normal":
+            assert 0.8 < r["mse_rot"] / r["mse"] < 1.25
+        assert 0.003 < r["mse"] < 0.05

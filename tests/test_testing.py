@@ -84,7 +84,8 @@ def test_quantized_hand_built_mx_block():
     x, codes, scales = _hand_block()
     assert_quantized_equal((codes, scales), x, "mxfp4")
     assert_quantized_equal((pack_fp4(codes), scales), x, "mxfp4")
-    with pytest.raises(AssertionError, match=r"(?s)scales: 1 of 1 codes differ.*\[0, 0\]\s+0x80 \(2.0\)\s+0x7F \(1.0\)"):
+    pattern = r"(?s)scales: 1 of 1 codes differ.*\[0, 0\]\s+0x80 \(2.0\)\s+0x7F \(1.0\)"
+    with pytest.raises(AssertionError, match=pattern):
         assert_quantized_equal((codes, scales + 1), x, "mxfp4")
 
 
@@ -115,6 +116,16 @@ def test_quantized_nvfp4_forms_and_global_scale():
         assert_quantized_equal((q.data, q.scales), x, "nvfp4")
     with pytest.raises(AssertionError, match="MXTensor"):
         assert_quantized_equal(quantize_mx(x), x, "nvfp4")
+
+
+def test_quantized_tensor_supplies_its_settings():
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(3)) * 7
+    q = quantize_mx(x, scale_mode="rceil", block_size=16)
+    assert_quantized_equal(q, x, "mxfp4")  # block_size and scale_mode come from q
+    with pytest.raises(AssertionError, match="scales"):
+        assert_quantized_equal(q, x, "mxfp4", scale_mode="floor", block_size=16)
+    n = quantize_nvfp4(x, recipe="torchao")
+    assert_quantized_equal(n, x, "nvfp4")
 
 
 def test_quantized_plain_encode():

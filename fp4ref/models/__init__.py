@@ -119,7 +119,7 @@ def split_windows(tokens: torch.Tensor, *, seq_len: int, n_calib: int, n_eval: i
         raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
     for name, v in (("seq_len", seq_len), ("n_calib", n_calib), ("n_eval", n_eval)):
         if not isinstance(v, int) or v < (1 if name == "seq_len" else 0):
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+            raise ValueError(f"{name} must be a {'positive' if name == 'seq_len' else 'non-negative'} int, got {v!r}")
     need = (n_calib + n_eval) * seq_len
     if need > tokens.numel():
         raise ValueError(

@@ -204,7 +204,7 @@ FP4_HD int scale_exponent(uint32_t amax_bits, const Fmt& f, int mode) {
   switch (mode) {
     case FLOOR: return e - f.emax;
     case CEIL: return e + (m != 0) - f.emax;
-    case EVEN: return (int)(((amax_bits + (1u << 21)) >> 23) & 0xFF) - 127 - f.emax;
+    case EVEN: return (int)(((amax_bits + (1u << (22 - f.mbits))) >> 23) & 0xFF) - 127 - f.emax;  // half-up at the element precision
     case STRETCH: return e;
     default: {  // RCEIL: smallest X with 2^X >= fp32(amax / max_elem)
       const uint32_t d = f2u(fdiv(u2f(amax_bits), f.max_finite));

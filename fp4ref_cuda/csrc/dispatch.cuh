@@ -35,6 +35,18 @@ namespace fp4ref {
     default: { constexpr int N = 256; __VA_ARGS__; break; } \
   }
 
+// Rotation blocks with a fused quantizer instantiation (1: no rotation). Other blocks take two passes
+// (block_hadamard, then quantize), which give the same bits; this keeps the build small.
+#define FP4_DISPATCH_FUSED(n, N, ...)                    \
+  switch (n) {                                          \
+    case 1: { constexpr int N = 1; __VA_ARGS__; break; }   \
+    case 16: { constexpr int N = 16; __VA_ARGS__; break; } \
+    case 32: { constexpr int N = 32; __VA_ARGS__; break; } \
+    case 64: { constexpr int N = 64; __VA_ARGS__; break; } \
+    case 128: { constexpr int N = 128; __VA_ARGS__; break; } \
+    default: return ERR_UNSUPPORTED;                    \
+  }
+
 template <class Exec>
 int do_encode(Exec& ex, int dtype, const void* x, uint8_t* out, int64_t n, int fmt, bool sat, uint32_t* err) {
   const int64_t tiles = n / CODEC_TILE, done = tiles * CODEC_TILE;
@@ -104,7 +116,7 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
                    float rscale, uint32_t* amax_bits) {
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
-    FP4_DISPATCH_POW2(hb, HB, {
+    FP4_DISPATCH_FUSED(hb, HB, {
       // A tile of T >= 16 elements holds T / HB whole rotation blocks (HB == 1: no rotation).
       constexpr int T = HB < 16 ? 16 : HB;
       ex.reduce_max(n / T, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
@@ -134,31 +146,39 @@ int do_hadamard(Exec& ex, int dtype, const void* x, float* out, int64_t n, int h
   return ex.status();
 }
 
-// Quantizes n elements (whole blocks of qb) after an optional rotation of block hb (1: none).
+// Quantizes n elements (whole blocks of qb) after an optional rotation of block hb (1: none). Split by
+// family (NV = NVFP4, else MX) so that the CUDA build compiles the two in parallel translation units.
 // Returns ERR_UNSUPPORTED for a rotation with a block layout that has no tile instantiation.
-template <class Exec>
-int do_quant(Exec& ex, int dtype, int kind, int qb, int hb, const void* x, int64_t n, const QuantParams& p) {
+template <bool NV, class Exec>
+int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x, int64_t n, const QuantParams& p) {
   const bool tiled = (kind == MX_E2M1 && qb == 32) || (kind == NV_TE && qb == 16) || (kind == MX_ANY && qb == 32 && hb == 1);
-  if (!tiled && hb != 1) return ERR_UNSUPPORTED;
+  const bool fused = hb == 1 || hb == 16 || hb == 32 || hb == 64 || hb == 128;
+  if (!fused || (!tiled && hb != 1)) return ERR_UNSUPPORTED;
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
     if (!tiled) {
       ex.run(n / qb, [=] FP4_LAMBDA(int64_t i) { quant_block_generic<In>(xi, i, qb, kind, p); });
-    } else if (kind == MX_ANY) {
-      ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, 32, 1, 32, MX_ANY>(xi, i, p); });
-    } else if (kind == MX_E2M1) {
-      FP4_DISPATCH_POW2(hb, HB, {
-        constexpr int T = HB > 32 ? HB : 32;
-        ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 32, MX_E2M1>(xi, i, p); });
-      })
-    } else {
-      FP4_DISPATCH_POW2(hb, HB, {
+    } else if constexpr (NV) {
+      FP4_DISPATCH_FUSED(hb, HB, {
         constexpr int T = HB > 16 ? HB : 16;
         ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p); });
+      })
+    } else if (kind == MX_ANY) {
+      ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, 32, 1, 32, MX_ANY>(xi, i, p); });
+    } else {
+      FP4_DISPATCH_FUSED(hb, HB, {
+        constexpr int T = HB > 32 ? HB : 32;
+        ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 32, MX_E2M1>(xi, i, p); });
       })
     }
   })
   return ex.status();
+}
+
+template <class Exec>
+int do_quant(Exec& ex, int dtype, int kind, int qb, int hb, const void* x, int64_t n, const QuantParams& p) {
+  return kind == NV_TE ? do_quant_family<true>(ex, dtype, kind, qb, hb, x, n, p)
+                       : do_quant_family<false>(ex, dtype, kind, qb, hb, x, n, p);
 }
 
 template <class Exec>

@@ -86,6 +86,8 @@ void check_launch(cudaError_t err, const char* what) {
 
 at::Tensor dequant_bf16(const at::Tensor& data, const at::Tensor& scales, int64_t block_size, bool e4m3) {
   const int64_t K = check_fp4_operand(data, scales, block_size, "data");
+  TORCH_CHECK_VALUE(data.size(0) * (K / 16) < (int64_t{1} << 32) - (int64_t{1} << 18),
+                    "data is too large for the dequantization kernel (rows * K / 16 must be below 2^32)");
   c10::cuda::CUDAGuard guard(data.device());
   at::Tensor out = at::empty({data.size(0), K}, data.options().dtype(at::kBFloat16));
   check_launch(fp4ref_gemm::dequant_fp4_bf16(static_cast<const uint8_t*>(data.data_ptr()),
@@ -150,6 +152,7 @@ at::Tensor fp4_linear_small(const at::Tensor& x, const at::Tensor& w, const at::
                             bool e4m3, const std::optional<at::Tensor>& alpha, double divisor,
                             at::ScalarType out_dtype) {
   const int64_t K = check_fp4_operand(w, w_scales, block_size, "w");
+  TORCH_CHECK_VALUE(K < (int64_t{1} << 31), "K must be below 2^31");
   check_cuda(x, "x");
   check_same_device(x, w, "x", "w");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16, "x must be bfloat16, got ", x.scalar_type());

@@ -14,7 +14,7 @@
 // One namespace per arch, so that the two extension modules never share a symbol.
 namespace fp4ref_gemm::FP4REF_CUTLASS_ARCH {
 
-// Returns 0 when (M, N, K) is supported (K % 128 == 0, N % 4 == 0 here), else a short reason.
+// Returns 0 when (M, N, K) is supported (K % 256 == 0, N % 4 == 0), else a short reason.
 const char* cutlass_fp4_unsupported(int64_t M, int64_t N, int64_t K);
 
 size_t cutlass_fp4_workspace(int64_t M, int64_t N, int64_t K, bool nvfp4);

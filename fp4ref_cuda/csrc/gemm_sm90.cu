@@ -45,25 +45,26 @@ __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
 }
 
 // ---- dequantize to bf16: one thread per 16 elements (8 packed bytes, one block scale) -------------------
+// 32-bit index math (the launcher checks the bounds): 64-bit division is a long software routine.
 template <bool E4M3>
 __global__ void __launch_bounds__(256) dequant_kernel(const uint2* __restrict__ data,
                                                       const uint8_t* __restrict__ scales,
-                                                      uint4* __restrict__ out, int64_t chunks,
-                                                      int64_t chunks_per_row, int64_t scales_per_row,
-                                                      int block_size) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
-    const int64_t row = c / chunks_per_row, kc = c - row * chunks_per_row;
+                                                      uint4* __restrict__ out, uint32_t chunks,
+                                                      uint32_t chunks_per_row, uint32_t scales_per_row,
+                                                      uint32_t chunks_per_block) {
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+    const uint32_t row = c / chunks_per_row, kc = c - row * chunks_per_row;
     const uint2 q = __ldg(data + c);
-    const float s = scale_value<E4M3>(__ldg(scales + row * scales_per_row + kc * 16 / block_size));
+    const float s = scale_value<E4M3>(__ldg(scales + row * scales_per_row + kc / chunks_per_block));
     uint32_t o[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const uint32_t word = i < 4 ? q.x : q.y, sh = 8 * (i & 3);
       o[i] = bf16x2_bits(e2m1_value(word >> sh) * s, e2m1_value(word >> (sh + 4)) * s);
     }
-    out[2 * c] = make_uint4(o[0], o[1], o[2], o[3]);
-    out[2 * c + 1] = make_uint4(o[4], o[5], o[6], o[7]);
+    out[2 * static_cast<size_t>(c)] = make_uint4(o[0], o[1], o[2], o[3]);
+    out[2 * static_cast<size_t>(c) + 1] = make_uint4(o[4], o[5], o[6], o[7]);
   }
 }
 
@@ -133,7 +134,8 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t nchunks = (K + kChunk - 1) / kChunk;
   const int64_t c_begin = nchunks * warp / kWarps, c_end = nchunks * (warp + 1) / kWarps;
-  const int64_t row_bytes = K / 2, scales_per_row = K / block_size;
+  const int64_t row_bytes = K / 2;
+  const uint32_t scales_per_row = static_cast<uint32_t>(K) / static_cast<uint32_t>(block_size);
 
   float acc[kRT][MT][4];
 #pragma unroll
@@ -149,6 +151,8 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(
   auto load_w = [&](int64_t c) {
     const int64_t k0 = c * kChunk + 32 * p;
     const bool v0 = k0 < K, v1 = k0 + 16 < K;  // K % 16 == 0: each 16-wide half is all in or all out
+    const uint32_t col0 = static_cast<uint32_t>(k0) / static_cast<uint32_t>(block_size);
+    const uint32_t col1 = static_cast<uint32_t>(k0 + 16) / static_cast<uint32_t>(block_size);
 #pragma unroll
     for (int rt = 0; rt < kRT; ++rt) {
 #pragma unroll
@@ -160,8 +164,8 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(
         const uint2 hi = (ok && v1) ? __ldg(src + 1) : make_uint2(0u, 0u);
         wq[rt][r][0] = lo.x; wq[rt][r][1] = lo.y; wq[rt][r][2] = hi.x; wq[rt][r][3] = hi.y;
         // A zero-filled half has code 0 elements; its scale byte 0 is finite in both formats.
-        sb[rt][r][0] = (ok && v0) ? __ldg(ws + n * scales_per_row + k0 / block_size) : 0u;
-        sb[rt][r][1] = (ok && v1) ? __ldg(ws + n * scales_per_row + (k0 + 16) / block_size) : 0u;
+        sb[rt][r][0] = (ok && v0) ? __ldg(ws + n * scales_per_row + col0) : 0u;
+        sb[rt][r][1] = (ok && v1) ? __ldg(ws + n * scales_per_row + col1) : 0u;
       }
     }
   };
@@ -286,15 +290,18 @@ cudaError_t dequant_fp4_bf16(const uint8_t* data, const uint8_t* scales, void* o
                              int block_size, bool e4m3, cudaStream_t stream) {
   if (K % 16 != 0 || block_size % 16 != 0 || K % block_size != 0) return cudaErrorInvalidValue;
   const int64_t chunks = rows * (K / 16);
+  if (chunks >= (int64_t{1} << 32) - 256 * 1024) return cudaErrorInvalidValue;  // 32-bit chunk index
   if (chunks == 0) return cudaSuccess;
   const int64_t blocks = (chunks + 255) / 256;
-  const unsigned grid = static_cast<unsigned>(blocks < (1 << 30) ? blocks : (1 << 30));
+  const unsigned grid = static_cast<unsigned>(blocks < 1024 * 132 ? blocks : 1024 * 132);
   const auto* d = reinterpret_cast<const uint2*>(data);
   auto* o = static_cast<uint4*>(out);
+  const auto n = static_cast<uint32_t>(chunks), cpr = static_cast<uint32_t>(K / 16),
+             spr = static_cast<uint32_t>(K / block_size), cpb = static_cast<uint32_t>(block_size / 16);
   if (e4m3)
-    dequant_kernel<true><<<grid, 256, 0, stream>>>(d, scales, o, chunks, K / 16, K / block_size, block_size);
+    dequant_kernel<true><<<grid, 256, 0, stream>>>(d, scales, o, n, cpr, spr, cpb);
   else
-    dequant_kernel<false><<<grid, 256, 0, stream>>>(d, scales, o, chunks, K / 16, K / block_size, block_size);
+    dequant_kernel<false><<<grid, 256, 0, stream>>>(d, scales, o, n, cpr, spr, cpb);
   return cudaGetLastError();
 }
 
@@ -302,6 +309,7 @@ cudaError_t fp4_linear_small(const void* x, int M, const uint8_t* w, const uint8
                              int block_size, bool e4m3, const float* alpha, float divisor, void* out, int out_kind,
                              cudaStream_t stream) {
   if (M < 1 || M > 16 || K % 16 != 0 || block_size % 16 != 0 || K % block_size != 0) return cudaErrorInvalidValue;
+  if (K >= (int64_t{1} << 31)) return cudaErrorInvalidValue;  // 32-bit k index math in the kernel
   if (N == 0) return cudaSuccess;
   if (M <= 8) {
     return e4m3 ? launch_small_out<1, true>(x, M, w, w_scales, N, K, block_size, alpha, divisor, out, out_kind, stream)

@@ -1,0 +1,223 @@
+"""Checkpoints in the compressed-tensors layouts (SPEC §15).
+
+One safetensors file holds every tensor of the model; each quantized linear ``P`` is stored as
+- NVFP4 (``nvfp4-pack-quantized``): ``P.weight_packed`` uint8 (N, K/2) (element 2i in the low nibble),
+  ``P.weight_scale`` float8_e4m3fn (N, K/16), ``P.weight_global_scale`` float32 (1,) in the *encode*
+  direction as compressed-tensors stores it: a value ``g`` with ``fp32(1/g)`` equal to our decode-direction
+  global scale, so loading gives back the same bits;
+- MXFP4 (``mxfp4-pack-quantized``): ``P.weight_packed`` uint8 (N, K/2), ``P.weight_scale`` uint8 E8M0
+  (N, K/32) (value 2^(byte−127)), no global scale.
+Other tensors (embeddings, norms, lm_head) are stored as they are. ``config.json`` is the model's
+config plus a compressed-tensors ``quantization_config`` and an ``fp4ref`` section that records what
+compressed-tensors cannot say: MR-GPTQ's input rotations (the stored weights are in the rotated basis,
+so a reader that ignores them computes wrong outputs), W4A4's dynamic activation format, and the
+method. Loading needs no compressed-tensors package.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .mx import MXTensor
+from .nvfp4 import NVFP4Tensor
+
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAMES = {"nvfp4": "nvfp4-pack-quantized", "mxfp4": "mxfp4-pack-quantized"}
+
+
+def encode_global_scale(decode_scale: torch.Tensor) -> torch.Tensor:
+    """A float32 ``g`` with ``fp32(1/g) == decode_scale`` (compressed-tensors stores the encode direction).
+
+    ``fp32(1/fp32(1/s))`` is not always ``s``, so neighbours of ``fp32(1/s)`` are tried; for a scale made
+    as ``fp32(1/S_enc)`` (every recipe of SPEC §5) one of them is ``S_enc`` itself.
+    """
+    s = decode_scale.detach().reshape(()).to(torch.float32).cpu()
+    if not bool(torch.isfinite(s)) or float(s) <= 0:
+        raise ValueError(f"global scale must be finite and positive, got {float(s)!r}")
+    one = torch.ones((), dtype=torch.float32)
+    g0 = one / s
+    up, down = g0.clone(), g0.clone()
+    for _ in range(8):
+        for g in (up, down):
+            if bool(one / g == s):
+                return g.reshape(1)
+        up = torch.nextafter(up, torch.tensor(math.inf))
+        down = torch.nextafter(down, torch.tensor(0.0))
+    raise ValueError(f"no float32 g with fp32(1/g) == {float(s)!r} near 1/s; this scale cannot be stored "
+                     "inverted without changing the dequantized weights")
+
+
+def decode_global_scale(stored: torch.Tensor) -> torch.Tensor:
+    """Our decode-direction global scale ``fp32(1/g)`` from the stored compressed-tensors ``g``."""
+    g = stored.detach().reshape(()).to(torch.float32)
+    return torch.ones((), dtype=torch.float32, device=g.device) / g
+
+
+def pack_tensors(prefix: str, q: MXTensor | NVFP4Tensor) -> dict[str, torch.Tensor]:
+    """The compressed-tensors tensors of one quantized (N, K) weight."""
+    if isinstance(q, NVFP4Tensor):
+        if q.block_size != 16:
+            raise ValueError(f"the NVFP4 layout needs block_size 16, got {q.block_size}")
+        return {f"{prefix}.weight_packed": q.data.contiguous(),
+                f"{prefix}.weight_scale": q.scales.contiguous().view(torch.float8_e4m3fn),
+                f"{prefix}.weight_global_scale": encode_global_scale(q.global_scale)}
+    if isinstance(q, MXTensor):
+        if q.elem != "e2m1" or q.block_size != 32:
+            raise ValueError(f"the MXFP4 layout needs elem e2m1 and block_size 32, got {q.elem}/{q.block_size}")
+        if q.scale_mode == "stretch":
+            raise ValueError("scale_mode 'stretch' (values 2^X/3) has no compressed-tensors MXFP4 layout")
+        return {f"{prefix}.weight_packed": q.data.contiguous(), f"{prefix}.weight_scale": q.scales.contiguous()}
+    raise TypeError(f"q must be an MXTensor or NVFP4Tensor, got {type(q).__name__}")
+
+
+def unpack_tensors(tensors: dict[str, torch.Tensor], prefix: str, fmt: str, shape: tuple[int, int],
+                   scale_mode: str = "floor") -> MXTensor | NVFP4Tensor:
+    """The quantized tensor of layer ``prefix`` back from its stored tensors."""
+    packed = tensors[f"{prefix}.weight_packed"]
+    if packed.dtype != torch.uint8 or tuple(packed.shape) != (shape[0], shape[1] // 2):
+        raise ValueError(f"{prefix}.weight_packed must be uint8 {(shape[0], shape[1] // 2)}, "
+                         f"got {packed.dtype} {tuple(packed.shape)}")
+    scale = tensors[f"{prefix}.weight_scale"]
+    if fmt == "nvfp4":
+        if scale.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"{prefix}.weight_scale must be float8_e4m3fn, got {scale.dtype}")
+        gs = decode_global_scale(tensors[f"{prefix}.weight_global_scale"])
+        return NVFP4Tensor(packed, scale.view(torch.uint8), gs, "te", torch.Size(shape), 16)
+    if fmt == "mxfp4":
+        if scale.dtype != torch.uint8:
+            raise ValueError(f"{prefix}.weight_scale must be uint8 (E8M0), got {scale.dtype}")
+        return MXTensor(packed, scale, "e2m1", 32, torch.Size(shape), scale_mode, -1)
+    raise ValueError(f"fmt={fmt!r} is not one of {tuple(FORMAT_NAMES)}")
+
+
+def quantization_config(fmt: str, targets: list[str], *, act: bool) -> dict:
+    """compressed-tensors' ``quantization_config`` for ``targets`` (exact module names) in ``fmt``."""
+    if fmt not in FORMAT_NAMES:
+        raise ValueError(f"fmt={fmt!r} has no compressed-tensors layout; use one of {tuple(FORMAT_NAMES)}")
+    nv = fmt == "nvfp4"
+    args = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16 if nv else 32,
+            "strategy": "tensor_group" if nv else "group", "dynamic": False,
+            "scale_dtype": "torch.float8_e4m3fn" if nv else "torch.uint8"}
+    # Activations are rounded on the fly with their own amax (fully dynamic), so no input_global_scale.
+    acts = dict(args, dynamic=True) if act else None
+    return {"quant_method": "compressed-tensors", "format": FORMAT_NAMES[fmt], "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": sorted(targets), "weights": args,
+                                          "input_activations": acts, "output_activations": None,
+                                          "format": FORMAT_NAMES[fmt]}},
+            "ignore": ["lm_head"], "kv_cache_scheme": None}
+
+
+def _quantized_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    from .model import QuantLinear
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, tokenizer=None,
+                    metadata: dict | None = None) -> Path:
+    """Writes ``model`` (with ``fp4ref.model.QuantLinear`` layers) to ``directory``: model.safetensors +
+    config.json (+ the tokenizer's files). All quantized layers must share one format."""
+    from safetensors.torch import save_file
+
+    layers = _quantized_layers(model)
+    if not layers:
+        raise ValueError("model has no quantized (QuantLinear) layers to save")
+    fmts = {m.fmt for m in layers.values()}
+    if len(fmts) != 1:
+        raise ValueError(f"all quantized layers must share one format, got {sorted(map(str, fmts))}")
+    fmt = fmts.pop()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skip = {f"{n}.{p}" for n in layers for p in ("weight", "bias")}
+    for name, t in model.state_dict(keep_vars=False).items():
+        if name not in skip:
+            tensors[name] = t.detach().cpu().contiguous()
+    rotations, acts = {}, set()
+    for n, m in layers.items():
+        tensors.update({k: v.cpu() for k, v in pack_tensors(n, m.quantized).items()})
+        if m.bias is not None:
+            tensors[f"{n}.bias"] = m.bias.detach().cpu().contiguous()
+        if m.rotation is not None:
+            signs = m.rotation.signs
+            rotations[n] = {"block_size": int(m.rotation.block_size),
+                            "signs": None if signs is None else [int(s) for s in signs.tolist()]}
+        acts.add(m.act_fmt)
+    if len(acts) != 1:
+        raise ValueError("all quantized layers must agree on activation quantization")
+    act_fmt = acts.pop()
+    # Tied embeddings share storage; safetensors refuses shared tensors, so keep one copy.
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    if tied:
+        tensors.pop("lm_head.weight", None)
+    save_file({k: v.clone() if not v.is_contiguous() else v for k, v in tensors.items()},
+              str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    config.pop("quantization_config", None)
+    config["quantization_config"] = quantization_config(fmt, list(layers), act=act_fmt is not None)
+    scale_modes = {m.quantized.scale_mode for m in layers.values() if isinstance(m.quantized, MXTensor)}
+    config["fp4ref"] = {"format": fmt, "act": act_fmt, "rotations": rotations,
+                        "shapes": {n: [m.out_features, m.in_features] for n, m in layers.items()},
+                        "scale_mode": scale_modes.pop() if scale_modes else None,
+                        "metadata": metadata or {}}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def read_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, MXTensor | NVFP4Tensor]]:
+    """(config, plain tensors, {layer: quantized tensor}) of a checkpoint written by :func:`save_checkpoint`."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    config = json.loads((d / "config.json").read_text())
+    if "fp4ref" not in config:
+        raise ValueError(f"{d / 'config.json'} has no 'fp4ref' section: not written by fp4ref.save_checkpoint")
+    tensors = load_file(str(d / WEIGHTS_FILE))
+    meta = config["fp4ref"]
+    quantized = {n: unpack_tensors(tensors, n, meta["format"], tuple(shape), meta.get("scale_mode") or "floor")
+                 for n, shape in meta["shapes"].items()}
+    plain = {k: v for k, v in tensors.items()
+             if not any(k == f"{n}.{p}" for n in quantized for p in ("weight_packed", "weight_scale",
+                                                                      "weight_global_scale"))}
+    return config, plain, quantized
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"):
+    """Rebuilds the quantized model (needs ``transformers``): layers become ``QuantLinear`` with the
+    stored codes, scales, rotations and activation format; dequantized weights are bit-identical."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .gptq import Rotation
+    from .model import QuantLinear
+
+    config, plain, quantized = read_checkpoint(directory)
+    meta = config["fp4ref"]
+    hf_config = AutoConfig.from_pretrained(directory)
+    if hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config  # ours is applied below, not by transformers
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    for name, q in quantized.items():
+        rot = meta["rotations"].get(name)
+        rotation = None if rot is None else Rotation(
+            rot["block_size"], None if rot["signs"] is None else torch.tensor(rot["signs"], dtype=torch.float32))
+        new = QuantLinear(q.dequantize(), plain.pop(f"{name}.bias", None), quantized=q, rotation=rotation,
+                          act_fmt=meta["act"], fmt=meta["format"])
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    missing, unexpected = model.load_state_dict(plain, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and hf_config.tie_word_embeddings)
+               and not any(k.startswith(n + ".") for n in quantized)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if hf_config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval().to(device)
+
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_checkpoint", "pack_tensors", "unpack_tensors",
+           "encode_global_scale", "decode_global_scale", "quantization_config"]

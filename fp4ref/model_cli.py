@@ -1,0 +1,194 @@
+"""`fp4ref quantize`: quantize the embedded model (or compare methods) and report perplexity (SPEC §15)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+COMPARE = (("rtn", None), ("rtn", "qep"), ("gptq", None), ("gptq", "qep"), ("mr-gptq", None), ("mr-gptq", "qep"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fp4ref quantize", description=(
+        "Quantize the embedded SmolLM2-135M-Instruct (weights: dequantized GGUF Q4_1, which flatters int4) "
+        "block by block and report Python-docs perplexity before and after."))
+    p.add_argument("--format", dest="fmt", choices=("mxfp4", "nvfp4", "int4"), default="mxfp4")
+    p.add_argument("--method", choices=("rtn", "gptq", "mr-gptq"), default="gptq")
+    p.add_argument("--qep", type=float, default=None, metavar="ALPHA",
+                   help="QEP propagation strength in [0, 1] (the paper uses 0.5); default off")
+    p.add_argument("--qep-damp", type=float, default=0.01,
+                   help="QEP correction damping, fraction of mean diag (original code: 1.0)")
+    p.add_argument("--qep-skip-down", action="store_true",
+                   help="leave mlp.down_proj uncorrected, as the original QEP code does")
+    p.add_argument("--act", action="store_true", help="W4A4: also quantize activations (RTN, same format)")
+    p.add_argument("--compare", action="store_true",
+                   help="run RTN, GPTQ, MR-GPTQ, each without and with QEP, and print one table")
+    p.add_argument("--out", type=Path, default=None, help="save the quantized checkpoint (or, with --compare, "
+                                                          "results.json and results.md) here")
+    p.add_argument("--quick", action="store_true",
+                   help="small run: 4x256 calibration tokens, 4x512 eval, first 4 blocks only")
+    p.add_argument("--calib", type=int, default=None, help="calibration windows (default 16, quick 4)")
+    p.add_argument("--calib-len", type=int, default=None, help="calibration window length (default 512, quick 256)")
+    p.add_argument("--eval", dest="n_eval", type=int, default=None, help="eval windows of 512 (default 16, quick 4)")
+    p.add_argument("--blocks", type=int, default=None, help="quantize only the first N blocks (default all)")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: static activation order")
+    p.add_argument("--hadamard-block", type=int, default=None, help="MR-GPTQ rotation block (default: group)")
+    p.add_argument("--scale-search", choices=("mse", "absmax"), default="mse", help="MR-GPTQ scale fitting")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--table", action="store_true", help="print the per-layer table (single runs print it "
+                                                       "always; with --compare only when asked)")
+    p.add_argument("--quiet", action="store_true", help="no per-block progress")
+    return p
+
+
+def _machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    s = f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        s += f", GPU {torch.cuda.get_device_name(device)}"
+    return s
+
+
+def _load(device):
+    from .models import load_model
+
+    return load_model(device=device)
+
+
+def _run_one(args, calib, evals, device, method, qep, progress):
+    from .model import quantize_model
+    from .models import perplexity
+    from .qep import ORIGINAL_EXCLUDE
+
+    model, _ = _load(device)
+    n_blocks = len(model.model.layers)
+    blocks = range(min(args.blocks, n_blocks)) if args.blocks is not None else None
+    t0 = time.perf_counter()
+    res = quantize_model(model, calib, method=method, fmt=args.fmt, qep=qep, act=args.act,
+                         qep_layers=ORIGINAL_EXCLUDE if args.qep_skip_down else None, qep_damp=args.qep_damp,
+                         damp=args.damp, act_order=args.act_order, hadamard_block=args.hadamard_block,
+                         scale_search=args.scale_search, blocks=blocks, progress=progress)
+    t_quant = time.perf_counter() - t0
+    ppl = perplexity(model, evals)
+    return res, ppl, t_quant
+
+
+def _label(method: str, qep) -> str:
+    return {"rtn": "RTN", "gptq": "GPTQ", "mr-gptq": "MR-GPTQ"}[method] + ("" if qep is None else f" + QEP({qep:g})")
+
+
+def cli_quantize(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.qep is not None and not 0.0 <= args.qep <= 1.0:
+        print(f"fp4ref quantize: --qep must be in [0, 1], got {args.qep}", file=sys.stderr)
+        return 2
+    if args.act and args.fmt == "int4":
+        print("fp4ref quantize: --act (W4A4) needs --format mxfp4 or nvfp4", file=sys.stderr)
+        return 2
+    if args.method == "mr-gptq" and args.fmt == "int4" and not args.compare:
+        print("fp4ref quantize: --method mr-gptq needs --format mxfp4 or nvfp4", file=sys.stderr)
+        return 2
+    from . import models
+
+    missing = models.missing_requirements()
+    if missing:
+        print(f"fp4ref quantize: the embedded model needs {', '.join(missing)}: {models.INSTALL_HINT}",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    quick = args.quick
+    n_calib = args.calib or (4 if quick else 16)
+    calib_len = args.calib_len or (256 if quick else 512)
+    n_eval = args.n_eval or (4 if quick else 16)
+    if quick and args.blocks is None:
+        args.blocks = 4
+    progress = (lambda s: None) if args.quiet else (lambda s: print("  " + s, file=sys.stderr, flush=True))
+
+    t_all = time.perf_counter()
+    model, tok = _load(device)
+    tokens = models.text_tokens(tok)
+    evals, _ = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=n_eval)
+    calib = models.split_windows(tokens, seq_len=calib_len, n_calib=n_calib, n_eval=0)[0]
+    if (n_eval * 512 + n_calib * calib_len) > tokens.numel():
+        print("fp4ref quantize: calibration and evaluation slices would overlap", file=sys.stderr)
+        return 2
+    print(f"model: {models.MODEL_NAME}, {len(model.model.layers)} blocks")
+    print(f"machine: {_machine(device)}; device {device}")
+    print(f"text: pydoc_data.topics, {tokens.numel()} tokens; calibration {n_calib}x{calib_len} = "
+          f"{n_calib * calib_len} tokens (end of text); evaluation {n_eval}x512 = {n_eval * 512} tokens (start)")
+    t0 = time.perf_counter()
+    ppl_fp = models.perplexity(model, evals)
+    t_eval = time.perf_counter() - t0
+    print(f"float32 perplexity: {ppl_fp:.4f} ({t_eval:.1f} s)")
+    del model
+    blocks_note = "" if args.blocks is None else f" (first {args.blocks} blocks only; the rest stay float32)"
+    mode = "W4A4" if args.act else "W4A16"
+
+    if not args.compare:
+        print(f"quantizing: {_label(args.method, args.qep)}, {args.fmt}, {mode}{blocks_note}")
+        res, ppl, t_quant = _run_one(args, calib, evals, device, args.method, args.qep, progress)
+        print(res.table())
+        print(f"{_label(args.method, args.qep)} {args.fmt} {mode}: perplexity {ppl_fp:.4f} -> {ppl:.4f}; "
+              f"mean relative layer error {res.mean_rel_err():.5f} (vs float32 model {res.mean_rel_err(True):.5f}); "
+              f"quantization {t_quant:.1f} s; total {time.perf_counter() - t_all:.1f} s")
+        if args.out is not None:
+            from .checkpoint import save_checkpoint
+
+            meta = dict(res.settings, perplexity_fp32=ppl_fp, perplexity=ppl, eval_tokens=n_eval * 512)
+            save_checkpoint(res.model, args.out, tokenizer=tok, metadata=meta)
+            (args.out / "report.json").write_text(json.dumps(
+                dict(settings=res.settings, perplexity_fp32=ppl_fp, perplexity=ppl, layers=res.as_dicts()),
+                indent=1, default=str))
+            print(f"saved checkpoint to {args.out}")
+        return 0
+
+    qep_alpha = 0.5 if args.qep is None else args.qep
+    methods = [(m, q) for m, q in COMPARE if not (m == "mr-gptq" and args.fmt == "int4")]
+    rows = [dict(config="float32", perplexity=ppl_fp, rel_err=0.0, rel_err_fp=0.0, seconds=0.0)]
+    for method, q in methods:
+        alpha = None if q is None else qep_alpha
+        print(f"running {_label(method, alpha)} ...", file=sys.stderr, flush=True)
+        res, ppl, t_quant = _run_one(args, calib, evals, device, method, alpha, progress)
+        if args.table:
+            print(res.table())
+        rows.append(dict(config=_label(method, alpha), perplexity=ppl, rel_err=res.mean_rel_err(),
+                         rel_err_fp=res.mean_rel_err(True), seconds=t_quant))
+        print(f"  {rows[-1]['config']}: perplexity {ppl:.4f}, {t_quant:.1f} s", file=sys.stderr, flush=True)
+    title = f"{args.fmt} {mode}{blocks_note}"
+    table = compare_table(rows, title)
+    print(table)
+    print(f"total {time.perf_counter() - t_all:.1f} s")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text(table + "\n")
+        (args.out / "results.json").write_text(json.dumps(dict(
+            format=args.fmt, mode=mode, machine=_machine(device), calibration_tokens=n_calib * calib_len,
+            eval_tokens=n_eval * 512, rows=rows), indent=1))
+    return 0
+
+
+def compare_table(rows: list[dict], title: str) -> str:
+    """A markdown table of compare rows (config, perplexity, mean relative layer errors, seconds)."""
+    lines = [f"**{title}**", "",
+             "| config | perplexity | mean rel. layer error | mean rel. error vs float32 | quantize time (s) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['perplexity']:.3f} | {r['rel_err']:.5f} | {r['rel_err_fp']:.5f} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines)
