@@ -1,7 +1,7 @@
 """Reference FP4 GEMM (SPEC §8): ``out = a · bᵀ`` of two quantized (M, K) and (N, K) operands.
 
-Per K-block j: ``P_j = C_a[:, j] · C_b[:, j]ᵀ`` on the E2M1 element values (multiples of 1/4 below 36·256 in
-magnitude, so every partial sum is exact even in a float32 matmul), times the outer product of the block
+Per K-block j: ``P_j = C_a[:, j] · C_b[:, j]ᵀ`` on the E2M1 element values (multiples of 1/4 below 36·block
+in magnitude, so every partial sum is exact even in a float32 matmul for blocks up to 2^16), times the outer product of the block
 scales (exact in float64); the terms are added in float64 in increasing j. The constant factor of the
 operands (NVFP4: ``fp32(global_scale_a * global_scale_b)``; MX "stretch": 1/3 per operand) multiplies the
 sum, and the result is rounded once to ``out_dtype`` (round to odd on the way down, so that a

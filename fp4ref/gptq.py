@@ -177,10 +177,10 @@ def gptq(W: torch.Tensor, H: torch.Tensor, grid: Grid, *, block_size: int = 128,
             q = grid.quantize_column(w, c, fitted)
             Q1[:, i] = q
             err = (w - q) / d
-            losses += err * err
             W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
+        losses += (Err1 * Err1).sum(1)
         Wd[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
 
     if perm is not None:

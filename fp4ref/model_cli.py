@@ -123,8 +123,8 @@ def cli_quantize(argv: list[str]) -> int:
     t_all = time.perf_counter()
     model, tok = _load(device)
     tokens = models.text_tokens(tok)
-    evals, _ = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=n_eval)
-    calib = models.split_windows(tokens, seq_len=calib_len, n_calib=n_calib, n_eval=0)[0]
+    _, evals = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=n_eval)
+    calib, _ = models.split_windows(tokens, seq_len=calib_len, n_calib=n_calib, n_eval=0)
     if (n_eval * 512 + n_calib * calib_len) > tokens.numel():
         print("fp4ref quantize: calibration and evaluation slices would overlap", file=sys.stderr)
         return 2

@@ -43,6 +43,9 @@ class FP4Linear(nn.Module):
     Buffers: ``weight_packed`` (uint8 [N, K/2]), ``weight_scale`` (uint8 E8M0/E4M3 [N, K/block]),
     ``weight_global_scale`` (NVFP4, float32, decode direction), ``rotation_signs`` (if signs are used);
     ``weight`` (rotated, full precision) instead of the first three when ``fmt=None``.
+    W4A4 quantizes each call's rotated input (flattened to (tokens, K)) with the weight's format, block size
+    and scale mode/recipe; NVFP4's tensor scale comes from that input's own amax (dynamic, per call).
+    The output has the input's dtype (computed in float32, or float64 for float64 inputs).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: str | None = "mxfp4",

@@ -8,6 +8,7 @@ format's description for other implementations.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
@@ -382,9 +383,22 @@ def write_vectors(out: str | Path) -> list[Path]:
         meta = dict(meta, cases=",".join(sorted({k.rsplit(".", 1)[0] for k in tensors})))
         path = out / f"{name}.safetensors"
         save_file(tensors, str(path), metadata=meta)
+        _sort_metadata(path)
         paths.append(path)
     (out / "README.md").write_text(README.format(version=__version__, n=len(paths)))
     return paths
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header with the metadata keys sorted (safetensors writes them in hash order), so that the
+    same vectors give the same bytes; the header keeps its length, so no offset moves."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) <= n:
+        path.write_bytes(raw[:8] + text + b" " * (n - len(text)) + raw[8 + n:])
 
 
 README = """# fp4ref conformance vectors

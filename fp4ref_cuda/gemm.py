@@ -40,9 +40,14 @@ def _ops():
     return torch.ops.fp4ref_cuda
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned (the kernels use 16-byte loads): copies only odd views."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    t = t if t.dtype == torch.uint8 else t.view(torch.uint8)
-    return t.contiguous()
+    return _aligned(t if t.dtype == torch.uint8 else t.view(torch.uint8))
 
 
 def _operand(q: MXTensor | NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -139,7 +144,7 @@ def fp4_linear(x: torch.Tensor, w: MXTensor | NVFP4Tensor, bias: torch.Tensor | 
     if x.shape[-1] != k:
         raise ValueError(f"x must have K = {k} features in its last dimension, got shape {tuple(x.shape)}")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k).contiguous()
+    x2 = _aligned(x.reshape(-1, k))
     m, n = x2.shape[0], w.shape[0]
     alpha, div = _global_scale(w), _stretch_divisor(w)
     out_dtype = torch.bfloat16 if bias is None else torch.float32

@@ -139,6 +139,15 @@ def test_nvfp4_random_quantized_matches_fractions(dtype, recipe):
     assert_bits_equal(fp4_mm(a, b, out_dtype=dtype), oracle(a, b, dtype))
 
 
+@pytest.mark.parametrize("bs", [16, 64, 128])
+def test_other_block_sizes_match_fractions(bs):
+    g = torch.Generator().manual_seed(bs)
+    x, w = torch.randn(2, 256, generator=g), torch.randn(3, 256, generator=g) * 100
+    for a, b in ((quantize_mx(x, block_size=bs), quantize_mx(w, block_size=bs)),
+                 (quantize_nvfp4(x, block_size=bs), quantize_nvfp4(w, block_size=bs))):
+        assert_bits_equal(fp4_mm(a, b), oracle(a, b, torch.float32))
+
+
 @pytest.mark.parametrize("lo_a, hi_a, lo_b, hi_b", [
     (0, 6, 0, 6),          # products near 2^-254: zero or subnormal, sign kept on tiny negatives
     (100, 106, 1, 7),      # float32 subnormal range

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from fp4ref.codecs import decode_table
+from fp4ref.formats import get_format
 from fp4ref.layouts import pack_fp4, swizzle_scales
 from fp4ref.mx import quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
@@ -183,3 +185,49 @@ def test_allow_from_near_boundary_tolerates_tie_flip_only():
     codes[0, 2] ^= 1  # a real bug at a point far from any boundary
     with pytest.raises(AssertionError, match=r"(?s)1 more at allowed.*\[0, 2\]"):
         assert_quantized_equal((codes, q.scales), x, "mxfp4", allow=allow)
+
+
+def _near_ties(fmt, kw, g):
+    """Random data where 30% of the elements sit within ~1e-4 of a rounding midpoint of their block's scale."""
+    x = torch.randn(64, 128, generator=g)
+    if fmt == "nvfp4":
+        q, elem = quantize_nvfp4(x, **kw), "e4m3"
+        scale = decode_table(elem)[q.scales.long()].double() * q.global_scale.double()
+        elem = "e2m1"
+    else:
+        elem = "e2m1" if fmt == "mxfp4" else "e4m3"
+        q = quantize_mx(x, elem, **kw)
+        scale = torch.ldexp(torch.ones(q.scales.shape, dtype=torch.float64), q.scales.long() - 127)
+    grid = decode_table(elem)[: get_format(elem).max_code + 1].double()
+    mids = ((grid[:-1] + grid[1:]) / 2)
+    mids = mids[mids < get_format(elem).max_finite / 2]  # below every block's amax: scales stay put
+    pick = mids[torch.randint(0, mids.numel(), x.shape, generator=g)]
+    near = pick * scale.repeat_interleave(q.block_size, -1) * (1 + 1e-4 * torch.randn(x.shape, generator=g,
+                                                                                        dtype=torch.float64))
+    return torch.where(torch.rand(x.shape, generator=g) < 0.3, near * x.sign(), x.double()).float()
+
+
+@pytest.mark.parametrize("fmt,kw", [("mxfp4", {}), ("mxfp4", {"scale_mode": "rceil"}),
+                                    ("mxfp8_e4m3", {"scale_mode": "even"}),
+                                    ("nvfp4", {"global_amax": 40.0}), ("nvfp4", {"global_amax": 40.0,
+                                                                               "recipe": "torchao"})])
+def test_near_boundary_covers_every_flip_of_a_perturbed_kernel(fmt, kw):
+    """A 'kernel' whose scaled values differ by a relative error below tol flips codes only where marked."""
+    g = torch.Generator().manual_seed(5)
+    x = _near_ties(fmt, kw, g)
+    tol = 1e-3
+    delta = (torch.rand(64, 128, generator=g) * 2 - 1) * tol / 4
+    y = (x.double() * (1 + delta.double())).float()
+    if fmt == "nvfp4":
+        qa, qb = quantize_nvfp4(x, **kw), quantize_nvfp4(y, **kw)
+    else:
+        elem = "e2m1" if fmt == "mxfp4" else "e4m3"
+        qa, qb = quantize_mx(x, elem, **kw), quantize_mx(y, elem, **kw)
+    flipped = qa.codes() != qb.codes()
+    bs = qa.block_size
+    flipped |= (qa.scales != qb.scales).repeat_interleave(bs, dim=-1)
+    assert flipped.sum() > 10  # the perturbation does flip codes, so the check means something
+    mask = near_boundary(x, fmt, tol=tol, **kw)
+    assert not (flipped & ~mask).any()
+    assert mask.float().mean() < 0.6  # and the mask does not simply mark everything
+    assert_quantized_equal(qb, x, fmt, allow=mask, **kw)

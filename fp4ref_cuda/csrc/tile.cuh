@@ -46,7 +46,7 @@ FP4_HD void copy_bytes(void* dst, const void* src) {
 // Loads T elements of type In (vectorized) and widens them to float32 (exact).
 template <typename In, int T>
 FP4_HD void load_tile(const In* src, float* v) {
-  In raw[T];
+  alignas(16) In raw[T];
   copy_bytes<T * (int)sizeof(In)>(raw, src);
   FP4_UNROLL
   for (int j = 0; j < T; ++j) v[j] = to_f32(raw[j]);
@@ -58,9 +58,9 @@ constexpr int CODEC_TILE = 8;
 // encode of CODEC_TILE elements (full tile) or of one element (tail); returns nonzero on ENCODE_ERROR.
 template <typename In>
 FP4_HD uint32_t encode_tile(const In* x, uint8_t* out, int fmt_id, bool saturate) {
-  float v[CODEC_TILE];
+  alignas(16) float v[CODEC_TILE];
   load_tile<In, CODEC_TILE>(x, v);
-  uint8_t c[CODEC_TILE];
+  alignas(16) uint8_t c[CODEC_TILE];
   uint32_t err = 0;
   const Fmt f = make_fmt(fmt_id);
   FP4_UNROLL
@@ -98,8 +98,8 @@ FP4_HD uint32_t decode_one(uint8_t code, float* out, int fmt_id) {
 }
 
 FP4_HD uint32_t decode_tile(const uint8_t* codes, float* out, int fmt_id) {
-  uint8_t c[CODEC_TILE];
-  float v[CODEC_TILE];
+  alignas(16) uint8_t c[CODEC_TILE];
+  alignas(16) float v[CODEC_TILE];
   copy_bytes<CODEC_TILE>(c, codes);
   uint32_t err = 0;
   FP4_UNROLL
@@ -111,7 +111,8 @@ FP4_HD uint32_t decode_tile(const uint8_t* codes, float* out, int fmt_id) {
 // ---- layouts -------------------------------------------------------------------------------------------
 // pack_fp4 of 16 codes into 8 bytes; nonzero return if a code is > 15.
 FP4_HD uint32_t pack_tile(const uint8_t* codes, uint8_t* out) {
-  uint8_t c[16], p[8];
+  alignas(16) uint8_t c[16];
+  alignas(16) uint8_t p[8];
   copy_bytes<16>(c, codes);
   uint32_t bad = 0;
   FP4_UNROLL
@@ -129,7 +130,8 @@ FP4_HD uint32_t pack_one(const uint8_t* codes, uint8_t* out) {
 }
 
 FP4_HD void unpack_tile(const uint8_t* packed, uint8_t* out) {
-  uint8_t p[8], c[16];
+  alignas(16) uint8_t p[8];
+  alignas(16) uint8_t c[16];
   copy_bytes<8>(p, packed);
   FP4_UNROLL
   for (int j = 0; j < 8; ++j) {
@@ -215,7 +217,7 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
     s_dec = fdiv(1.0f, s_enc);
     if (t == 0 && p.global_scale != nullptr) *p.global_scale = s_dec;
   }
-  uint8_t codes[T];
+  alignas(16) uint8_t codes[T];
   FP4_UNROLL
   for (int b = 0; b < T / QB; ++b) {
     float* vb = v + b * QB;
@@ -239,7 +241,7 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
   if constexpr (KIND == MX_ANY) {
     copy_bytes<T>(p.data + t * T, codes);
   } else {
-    uint8_t packed[T / 2];
+    alignas(16) uint8_t packed[T / 2];
     FP4_UNROLL
     for (int j = 0; j < T / 2; ++j) packed[j] = (uint8_t)(codes[2 * j] | (codes[2 * j + 1] << 4));
     copy_bytes<T / 2>(p.data + t * (T / 2), packed);
@@ -289,12 +291,12 @@ FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, cons
 template <typename Out, int QB, int KIND>
 FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
   constexpr int IN_BYTES = KIND == MX_ANY ? QB : QB / 2;
-  uint8_t raw[IN_BYTES];
+  alignas(16) uint8_t raw[IN_BYTES];
   copy_bytes<IN_BYTES>(raw, p.data + blk * IN_BYTES);
   const uint32_t byte = p.scales[blk];
   const Fmt f = make_fmt(KIND == MX_ANY ? p.fmt_id : E2M1);
   const float gs = KIND == NV_TE ? *p.global_scale : 1.0f;
-  Out o[QB];
+  alignas(16) Out o[QB];
   FP4_UNROLL
   for (int j = 0; j < QB; ++j) {
     const uint32_t code = KIND == MX_ANY ? raw[j] : ((raw[j / 2] >> (4 * (j & 1))) & 0xF);
@@ -319,7 +321,7 @@ FP4_HD void dequant_block_generic(int64_t blk, int qb, int kind, const DequantPa
 // ---- block Hadamard ----------------------------------------------------------------------------------
 template <typename In, int HB>
 FP4_HD void hadamard_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale, float* out) {
-  float v[HB];
+  alignas(16) float v[HB];
   rotated_tile<In, HB, HB>(x, t, signs, sign_len, rscale, v);
   copy_bytes<HB * 4>(out + t * HB, v);
 }

@@ -1,0 +1,137 @@
+"""Fast CPU paths for E2M1 block quantization: the same bytes as fp4ref.mx / fp4ref.nvfp4, fewer passes.
+
+Why it is exact. E2M1 rounding only looks at a scaled value's sign, exponent, two leading mantissa bits and
+whether any lower mantissa bit is set: every rounding threshold (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) and
+the saturation point have zeros below mantissa bit 21. So a 4096-entry table indexed by
+``(bits >> 21) << 1 | (bits & 0x1FFFFF != 0)`` gives the code of any float32, and for a bfloat16 value (no
+bits below 16) a 65536-entry table indexed by the bf16 bits does. The tables are filled by the reference
+codec itself (``magnitude_codes`` of the magnitude, sign bit from ``signbit``), so they cannot disagree with it.
+Work is done in row chunks that stay in cache, which also bounds the peak memory.
+
+Wiring (for the lead): call ``quantize_mx_e2m1(...)`` / ``quantize_nvfp4_fast(...)`` first and use the
+reference when they return None (CUDA tensors, empty tensors, other input dtypes).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .codecs import magnitude_codes
+from .formats import E2M1
+
+CHUNK_ELEMS = 1 << 18  # 1 MiB of float32 per chunk: fits L2, keeps per-op overhead small
+
+
+@functools.lru_cache(maxsize=None)
+def _lut_f32() -> torch.Tensor:
+    """code[(bits >> 21) << 1 | sticky] for every float32 class (sign, exponent, 2 mantissa bits, sticky)."""
+    idx = torch.arange(4096, dtype=torch.int32)
+    bits = ((idx >> 1) << 21) | (idx & 1)
+    return _codes_of(bits.view(torch.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _lut_bf16() -> torch.Tensor:
+    """code[bf16 bits] for every bfloat16 pattern."""
+    bits = torch.arange(65536, dtype=torch.int32) << 16
+    return _codes_of(bits.view(torch.float32))
+
+
+def _codes_of(v: torch.Tensor) -> torch.Tensor:
+    # The exact expression quantize_mx / quantize_nvfp4 use (NaN magnitudes count past the last threshold).
+    c = magnitude_codes(v.abs(), E2M1, saturate=True).to(torch.uint8)
+    return c | (torch.signbit(v).to(torch.uint8) << 3)
+
+
+def codes_f32(y: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (with sign) of float32 ``y``, as quantize_nvfp4 computes them."""
+    b = y.view(torch.int32)
+    idx = ((b >> 20) & 0xFFE) | ((b & 0x1FFFFF) != 0)
+    return _lut_f32().index_select(0, idx.flatten()).view(y.shape)
+
+
+def codes_bf16(y: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (with sign) of bfloat16 ``y``."""
+    idx = y.view(torch.uint16).int()
+    return _lut_bf16().index_select(0, idx.flatten()).view(y.shape)
+
+
+def pack_rows(codes: torch.Tensor) -> torch.Tensor:
+    """pack_fp4 of contiguous uint8 codes [..., K]: element 2i low nibble, 2i+1 high (little-endian view)."""
+    v = codes.view(torch.int16)
+    return (v | (v >> 4)).to(torch.uint8)
+
+
+def _row_chunks(rows: int, k: int):
+    step = max(1, CHUNK_ELEMS // max(k, 1))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+def _block_amax(xc: torch.Tensor) -> torch.Tensor:
+    """max |x| per block in float32 (NaN propagates) from one aminmax pass."""
+    lo, hi = torch.aminmax(xc, dim=-1)
+    return torch.maximum(hi.float().abs(), lo.float().abs())  # abs: maximum(0, -0) may be -0
+
+
+def quantize_mx_e2m1(x: torch.Tensor, block_size: int, scale_mode: str, axis: int):
+    """(data, scales) of quantize_mx(x, "e2m1", ...) or None where the reference must run."""
+    from .mx import NAN_SCALE, inverse_scale, scale_bytes
+
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not x.numel():
+        return None
+    xm = x.movedim(axis, -1) if axis != x.dim() - 1 else x
+    lead, k = xm.shape[:-1], xm.shape[-1]
+    rows = xm.reshape(-1, k)
+    nb = k // block_size
+    data = torch.empty(rows.shape[0], k // 2, dtype=torch.uint8)
+    scales = torch.empty(rows.shape[0], nb, dtype=torch.uint8)
+    bf16 = x.dtype == torch.bfloat16 and scale_mode != "stretch"
+    for r0, r1 in _row_chunks(rows.shape[0], k):
+        xc = rows[r0:r1].reshape(r1 - r0, nb, block_size)
+        if x.dtype == torch.float16:
+            xc = xc.float()
+        amax = _block_amax(xc)
+        s = scale_bytes(amax, E2M1, scale_mode)
+        inv = inverse_scale(s).unsqueeze(-1)
+        if bf16:
+            # A bf16 times a power of two is exact in bf16 down to 2^-126, and anything smaller is code ±0.
+            codes = codes_bf16(xc * inv.to(torch.bfloat16))
+        else:
+            y = xc * inv
+            if scale_mode == "stretch":
+                y.mul_(3.0)
+            codes = codes_f32(y)
+        bad = s == NAN_SCALE
+        if bool(bad.any()):
+            codes.masked_fill_(bad.unsqueeze(-1), 0)
+        data[r0:r1] = pack_rows(codes.view(r1 - r0, k))
+        scales[r0:r1] = s
+    return data.view(*lead, k // 2), scales.view(*lead, nb)
+
+
+def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor, recipe_func, block_size: int, **kw):
+    """(data, scales, global_scale) of quantize_nvfp4 with the recipe function ``recipe_func``, chunked."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not x.numel():
+        return None
+    lead, k = x.shape[:-1], x.shape[-1]
+    rows = x.reshape(-1, k)
+    nb = k // block_size
+    data = torch.empty(rows.shape[0], k // 2, dtype=torch.uint8)
+    scales = torch.empty(rows.shape[0], nb, dtype=torch.uint8)
+    gs = None
+    for r0, r1 in _row_chunks(rows.shape[0], k):
+        xc = rows[r0:r1].reshape(r1 - r0, nb, block_size)
+        if x.dtype == torch.float16:
+            xc = xc.float()
+        bamax = _block_amax(xc)
+        y, s_b, gs = recipe_func(xc, bamax, amax, **kw)
+        codes = codes_f32(y.float())
+        bad = ~torch.isfinite(bamax)
+        if bool(bad.any()):
+            codes.masked_fill_(bad.unsqueeze(-1), 0)
+            s_b = s_b.masked_fill(bad, 0x7F)
+        data[r0:r1] = pack_rows(codes.view(r1 - r0, k))
+        scales[r0:r1] = s_b
+    return data.view(*lead, k // 2), scales.view(*lead, nb), gs
