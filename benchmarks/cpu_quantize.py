@@ -5,17 +5,21 @@
 Input: a size x size bfloat16 tensor (randn, seed 0). MXFP4: block 32, scale FLOOR (fp4ref
 ``quantize_mx(scale_mode="floor")`` vs torchao ``to_mx(..., FLOOR)``); NVFP4: two-level (fp4ref
 ``quantize_nvfp4(recipe="te")`` vs torchao ``per_tensor_amax_to_scale`` + ``nvfp4_quantize``, amax included).
+Rows "_fast" call fp4ref/_fast.py directly (same bytes; until it is wired into the public functions).
 Dequantization to bfloat16 (fp4ref ``.dequantize`` vs torchao ``to_dtype`` / ``NVFP4Tensor.dequantize``).
 
 Time: best of ``--repeat`` calls after one warm-up call. Peak extra memory: Linux peak RSS (VmHWM) reset
 through /proc/self/clear_refs just before one call, minus the RSS before the call (tracemalloc does not
-see torch's allocations); it includes the call's outputs. ``--runs N`` repeats the whole measurement and
+see torch's allocations); it includes the call's outputs. The script re-executes itself with
+MALLOC_MMAP_THRESHOLD_=131072 so that glibc returns freed buffers to the OS (else RSS hides peaks). ``--runs N`` repeats the whole measurement and
 prints the best time and the spread (max/min) per row.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import sys
 import time
 import warnings
 
@@ -75,12 +79,18 @@ def cases(x: torch.Tensor):
     ao_scale, ao_data = to_mx(x, fp4, 32, ScaleCalculationMode.FLOOR)
     q_nv = quantize_nvfp4(x, recipe="te")
     ao_nv = NVFP4Tensor.to_nvfp4(x, per_tensor_scale=per_tensor_amax_to_scale(x.abs().amax()))
+    from fp4ref import _fast
+    from fp4ref.nvfp4 import _RECIPE_FUNCS
+
     return [
         ("MXFP4", "quantize", "fp4ref", lambda: quantize_mx(x, "e2m1", block_size=32, scale_mode="floor")),
+        ("MXFP4", "quantize", "_fast", lambda: _fast.quantize_mx_e2m1(x, 32, "floor", x.dim() - 1)),
         ("MXFP4", "quantize", "torchao", lambda: to_mx(x, fp4, 32, ScaleCalculationMode.FLOOR)),
         ("MXFP4", "dequantize", "fp4ref", lambda: q_mx.dequantize(torch.bfloat16)),
         ("MXFP4", "dequantize", "torchao", lambda: to_dtype(ao_data, ao_scale, fp4, 32, torch.bfloat16)),
         ("NVFP4", "quantize", "fp4ref", lambda: quantize_nvfp4(x, recipe="te")),
+        ("NVFP4", "quantize", "_fast", lambda: _fast.quantize_nvfp4_fast(x, _fast.finite_amax(x),
+                                                                         _RECIPE_FUNCS["te"], 16)),
         ("NVFP4", "quantize", "torchao", ao_nvfp4_quantize),
         ("NVFP4", "dequantize", "fp4ref", lambda: q_nv.dequantize(torch.bfloat16)),
         ("NVFP4", "dequantize", "torchao", lambda: ao_nv.dequantize(torch.bfloat16)),
@@ -88,6 +98,11 @@ def cases(x: torch.Tensor):
 
 
 def main() -> None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc raises its mmap threshold after big frees, so freed buffers stay resident and hide later
+        # peaks; a fixed threshold returns every buffer >= 128 KiB to the OS, so RSS tracks live memory.
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
@@ -114,7 +129,7 @@ def main() -> None:
         ts = times[(fmt, op, impl)]
         rate = n / min(ts) / 1e6
         ratio = ""
-        if impl == "fp4ref":
+        if impl != "torchao":
             ratio = f"{min(times[(fmt, op, 'torchao')]) / min(ts):9.2f}"
         m = mem[(fmt, op, impl)]
         print(f"{fmt:6} {op:10} {impl:8} {rate:9.1f} {max(ts) / min(ts):7.2f} {ratio:>9} {m:9.1f} "

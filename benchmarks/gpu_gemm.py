@@ -2,7 +2,7 @@
 
 For M in {1, 16, 128, 8192}, N = K = 8192, MXFP4 and NVFP4: µs and TFLOP/s (2·M·N·K / t) of
 * bf16 cuBLAS (torch.mm on bf16 copies), FP8 e4m3 row-wise torch._scaled_mm where supported,
-* fp4_mm (both operands FP4), fp4_linear (bf16 activations, FP4 weights), and the dequant kernel alone.
+* fp4_mm (both operands FP4; float32 and bf16 output), fp4_linear (bf16 activations, FP4 weights), and the dequant kernel alone.
 All numbers of one table come from the same process on the same GPU. Writes the table to
 $OUT/gpu_gemm.txt (or ./gpu_results/gpu_gemm.txt) and prints it.
 
@@ -76,6 +76,30 @@ def _fp8_rowwise(x: torch.Tensor, w: torch.Tensor):
         return None
 
 
+def _rows_for(m: int, x: torch.Tensor, w16: torch.Tensor, wq: dict, quant: dict, iters: int, first: bool) -> list:
+    """(M, name, (graph µs, eager µs), flop, bf16 graph µs) rows for one batch size."""
+    import fp4ref_cuda.gemm as cg
+
+    n, k = w16.shape
+    x16 = x.to(torch.bfloat16)
+    flop = 2.0 * m * n * k
+    t_bf16 = _time_us(lambda: torch.mm(x16, w16.T), iters)
+    rows = [(m, "bf16 cuBLAS (torch.mm)", t_bf16, flop, t_bf16[0])]
+    fp8 = _fp8_rowwise(x16, w16)
+    if fp8 is not None:
+        rows.append((m, "FP8 e4m3 rowwise _scaled_mm", _time_us(fp8, iters), flop, t_bf16[0]))
+    for fmt, q in quant.items():
+        xq, wf = q(x), wq[fmt]
+        calls = {"fp4_mm (fp32 out)": lambda xq=xq, wf=wf: cg.fp4_mm(xq, wf),
+                 "fp4_mm (bf16 out)": lambda xq=xq, wf=wf: cg.fp4_mm(xq, wf, out_dtype=torch.bfloat16),
+                 "fp4_linear (bf16 x)": lambda wf=wf: cg.fp4_linear(x16, wf)}
+        rows += [(m, f"{fmt} {name}", _time_us(fn, iters), flop, t_bf16[0]) for name, fn in calls.items()]
+        if first:
+            rows.append((0, f"{fmt} dequant W {n}x{k} -> bf16 only",
+                         _time_us(lambda wf=wf: cg.dequantize_bf16(wf), iters), 0.0, float("nan")))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=20)
@@ -103,28 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     wq = {f: q(w) for f, q in quant.items()}
     rows = []
     for m in sizes:
-        x = x_all[:m].contiguous()
-        x16 = x.to(torch.bfloat16)
-        flop = 2.0 * m * n * k
-        t_bf16 = _time_us(lambda: torch.mm(x16, w16.T), args.iters)
-        rows.append((m, "bf16 cuBLAS (torch.mm)", t_bf16, flop, t_bf16[0]))
-        fp8 = _fp8_rowwise(x16, w16)
-        if fp8 is not None:
-            rows.append((m, "FP8 e4m3 rowwise _scaled_mm", _time_us(fp8, args.iters), flop, t_bf16[0]))
-        for fmt, q in quant.items():
-            xq, wf = q(x), wq[fmt]
-            rows.append((m, f"{fmt} fp4_mm", _time_us(lambda: cg.fp4_mm(xq, wf), args.iters), flop, t_bf16[0]))
-            rows.append((m, f"{fmt} fp4_linear (bf16 x)", _time_us(lambda: cg.fp4_linear(x16, wf), args.iters),
-                         flop, t_bf16[0]))
-            if m == sizes[0]:
-                t_dq = _time_us(lambda: cg.dequantize_bf16(wf), args.iters)
-                rows.append((0, f"{fmt} dequant W {n}x{k} -> bf16 only", t_dq, 0.0, float("nan")))
-        del x, x16
+        rows += _rows_for(m, x_all[:m].contiguous(), w16, wq, quant, args.iters, first=m == sizes[0])
     head = (f"# fp4ref_cuda FP4 GEMM, N = K = {n}; {torch.cuda.get_device_name()} "
             f"(cc {'.'.join(map(str, torch.cuda.get_device_capability()))}), torch {torch.__version__}, "
             f"CUDA {torch.version.cuda}, host {platform.node()}, {args.iters} iters after 3 warm-ups")
-    lines = [head, "# µs: GPU time per call from CUDA-graph replays (eager: host launch overhead included); "
-             "TFLOP/s and 'vs bf16' (speed-up over bf16 cuBLAS) from the graph times",
+    lines = [head, ("# µs: GPU time per call from CUDA-graph replays (eager: host launch overhead included); "
+                    "TFLOP/s and 'vs bf16' (speed-up over bf16 cuBLAS) from the graph times"),
              f"{'M':>6}  {'kernel':<38} {'µs':>9} {'eager µs':>9} {'TFLOP/s':>9} {'vs bf16':>8}"]
     for m, name, (t, te), flop, base in rows:
         tf = flop / t / 1e6 if flop else float("nan")

@@ -83,11 +83,12 @@ def damp_ladder(damp: float, damp_retries: int) -> list[float]:
 def inverse_hessian_factor(H: torch.Tensor, damp: float, damp_retries: int, name: str | None = None
                            ) -> tuple[torch.Tensor, float]:
     """``U = chol(chol_inv(chol(H + λI)), upper)`` with ``λ = d · mean(diag H)`` for d on the damp ladder."""
-    mean_diag = float(torch.diagonal(H).mean())
+    mean_t = torch.diagonal(H).mean()  # a tensor, so λ rounds in H's dtype as in gptq.py
+    mean_diag = float(mean_t)
     ladder = damp_ladder(damp, damp_retries)
     for d in ladder:
         Hd = H.clone()
-        Hd.diagonal().add_(d * mean_diag)
+        Hd.diagonal().add_(d * mean_t)
         L, info = torch.linalg.cholesky_ex(Hd)
         if int(info) == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)

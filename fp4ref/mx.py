@@ -176,14 +176,18 @@ def check_mx_tensor(q: object, arg: str = "q") -> MXTensor:
 
 
 def dequantize_mx(q: MXTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``decode(code) * 2^(byte - 127)`` exactly in float32 (stretch: then ``/ 3``); a 0xFF scale gives NaN."""
+    """``decode(code) * 2^(byte - 127)`` exactly in float32 (stretch: ``decode * 2^X / 3`` rounded once); a 0xFF
+    scale gives NaN."""
     check_mx_tensor(q)
     codes = unpack_fp4(q.data.view(torch.uint8)) if q.elem == "e2m1" else q.data.view(torch.uint8)
     lead, k = codes.shape[:-1], codes.shape[-1]
     vals = decode_table(q.elem, codes.device)[codes.long()].view(*lead, k // q.block_size, q.block_size)
-    vals = vals * e8m0_to_float(q.scales).unsqueeze(-1)
     if q.scale_mode == "stretch":
-        vals = vals / 3.0
+        # One rounding of decode * 2^X / 3: in float64 the product is exact and cannot overflow (2^X * 6 / 3
+        # can still be a finite float32 at X = 127), and k/3 never lands on a float32 midpoint.
+        vals = (vals.double() * e8m0_to_float(q.scales).double().unsqueeze(-1) / 3.0).float()
+    else:
+        vals = vals * e8m0_to_float(q.scales).unsqueeze(-1)
     out = vals.reshape(*lead, k)
     ax = q.axis % len(q.shape)
     if ax != len(q.shape) - 1:

@@ -80,7 +80,7 @@ def qep_target(W: torch.Tensor, H_hat: torch.Tensor, H_delta: torch.Tensor, alph
         raise ValueError(f"damp must be >= 0, got {damp!r}")
     out_dtype = W.dtype if out_dtype is None else out_dtype
     if alpha == 0:
-        return W.to(out_dtype)
+        return W.detach().to(out_dtype, copy=True)
     layer = f"layer {name!r}" if name else "layer"
     Wd = W.detach().to(dtype)
     Hh = H_hat.detach().to(device=W.device, dtype=dtype).clone()

@@ -40,6 +40,8 @@ _SIGS = {
     "cpu_dequant": [_i, _i, _i, _i64, _i, _i, _p, _p, _p, _p],
     "cpu_scale_byte": [_u32, _i, _i],
     "cpu_te_encode_scale": [_f],
+    "cpu_encode_e2m1_sat": [_p, _p, _i64],
+    "cpu_decode_e2m1_x2": [_p, _p, _i64],
 }
 
 
@@ -76,7 +78,8 @@ class CpuLow:
         for name, args in _SIGS.items():
             fn = getattr(self.lib, name)
             fn.argtypes = args
-            fn.restype = _u32 if name == "cpu_scale_byte" else (_f if name == "cpu_te_encode_scale" else _i)
+            fn.restype = {"cpu_scale_byte": _u32, "cpu_te_encode_scale": _f, "cpu_encode_e2m1_sat": None,
+                          "cpu_decode_e2m1_x2": None}.get(name, _i)
 
     def _ok(self, rc: int) -> None:
         if rc != 0:

@@ -83,4 +83,4 @@ def gemm_extensions() -> list:
     return exts
 
 
-__all__ = ["gemm_extensions", "cutlass_include_dirs"]
+__all__ = ["cutlass_include_dirs", "gemm_extensions"]

@@ -28,7 +28,7 @@ SMALL_M = 16  # largest batch served by the weight-only register-dequant kernel
 _FAST_OUT = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"fp4ref_cuda.{name}")
@@ -43,7 +43,8 @@ def _ops():
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """Contiguous and 16-byte aligned (the kernels use 16-byte loads): copies only odd views."""
     t = t.contiguous()
-    return t if t.data_ptr() % 16 == 0 else t.clone()
+    # Allocations are 256-byte aligned: the storage offset decides (no data_ptr, so FakeTensors trace).
+    return t if t.storage_offset() * t.element_size() % 16 == 0 else t.clone()
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -104,11 +105,20 @@ def _usable(*qs) -> bool:
 
 def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``out = a · bᵀ`` (a (M, K), b (N, K) FP4) on the GPU; float32 accumulation, global scales as alpha."""
-    from fp4ref.gemm import check_fp4_mm
+    """``out = a · bᵀ`` (a (M, K), b (N, K) FP4) on the GPU; float32 accumulation, global scales as alpha.
 
-    check_fp4_mm(a, b, out_dtype)
-    if out_dtype not in _FAST_OUT or not _usable(a, b):
+    Arguments are validated by ``fp4ref.ops`` (``check_mm_args``) before this is called; only what the
+    kernels rely on is re-checked here.
+    """
+    kinds = (type(a), type(b))
+    if kinds not in ((MXTensor, MXTensor), (NVFP4Tensor, NVFP4Tensor)) or out_dtype not in _FAST_OUT:
+        return NotImplemented
+    if isinstance(a, MXTensor) and (a.elem != "e2m1" or b.elem != "e2m1"):
+        return NotImplemented
+    if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[1] != b.shape[1] or a.block_size != b.block_size:
+        raise ValueError(f"fp4_mm needs a (M, K) and b (N, K) with one block size, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if not _usable(a, b) or a.data.device != b.data.device:
         return NotImplemented
     m, n, k = a.shape[0], b.shape[0], a.shape[1]
     alpha, div = _global_scale(a, b), _stretch_divisor(a, b)
@@ -187,4 +197,4 @@ def _register_fakes() -> None:
 if _module("_gemm_sm90") is not None:
     _register_fakes()
 
-__all__ = ["fp4_mm", "fp4_linear", "dequantize_bf16", "cutlass_supported", "SMALL_M"]
+__all__ = ["SMALL_M", "cutlass_supported", "dequantize_bf16", "fp4_linear", "fp4_mm"]

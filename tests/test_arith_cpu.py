@@ -8,6 +8,7 @@ memory access and parallel structure.
 """
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 
@@ -78,6 +79,7 @@ def random_f32(n: int, seed: int) -> torch.Tensor:
     return torch.randint(-2**31, 2**31, (n,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def amax_sweep(dtype: torch.dtype, block: int, seed: int = 0) -> torch.Tensor:
     """One block per non-NaN pattern p of ``dtype``: p, then p·2^-k with random k >= 0 and sign (|.| <= |p|),
     so that the block amax runs through every pattern."""
@@ -91,6 +93,7 @@ def amax_sweep(dtype: torch.dtype, block: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([p[:, None], rest], dim=1).to(dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def mixed_blocks(dtype: torch.dtype, block: int, seed: int = 1) -> torch.Tensor:
     """All patterns of ``dtype`` in a fixed random order, as blocks (NaN and Inf blocks included)."""
     p = all_patterns(dtype)
@@ -138,6 +141,19 @@ def test_decode_every_code(ops, fmt):
             ops.decode(torch.tensor([0, n], dtype=torch.uint8), fmt)
 
 
+def test_fast_e2m1_paths(low):
+    """The quantizers' float-only E2M1 encoder and the dequantizers' doubled decoder, on their own."""
+    x = torch.cat([grid_corners(), random_f32(400_000, 17), (torch.rand(400_000) * 16 - 8)])
+    x = x[~torch.isnan(x)].contiguous()
+    got = torch.empty(x.shape, dtype=torch.uint8)
+    low.lib.cpu_encode_e2m1_sat(x.data_ptr(), got.data_ptr(), x.numel())
+    codes_equal(got, codecs.encode(x, "e2m1", saturate=True))
+    codes = torch.arange(16, dtype=torch.uint8)
+    val = torch.empty(16)
+    low.lib.cpu_decode_e2m1_x2(codes.data_ptr(), val.data_ptr(), 16)
+    bits_equal(val, codecs.decode(codes, "e2m1") * 2)
+
+
 # --- §3 layouts -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(2,), (3, 34), (5, 64), (1, 1000)])
 def test_pack_unpack(ops, shape):
@@ -162,20 +178,20 @@ def test_swizzle_unswizzle(ops, rows, cols):
 
 
 # --- §4 MX -----------------------------------------------------------------------------------------------
-def check_mx(ops, x, elem, mode, **kw):
+def check_mx(ops, x, elem, mode, dequant=True, **kw):
     got, want = ops.quantize_mx(x, elem, scale_mode=mode, **kw), mx.quantize_mx(x, elem, scale_mode=mode, **kw)
     codes_equal(got.scales, want.scales)
     codes_equal(got.data, want.data)
     assert (got.shape, got.axis, got.elem, got.block_size) == (want.shape, want.axis, want.elem, want.block_size)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16) if dequant else ():
         bits_equal(ops.dequantize_mx(want, dtype), mx.dequantize_mx(want, dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("elem,mode", MX_CASES)
 def test_quantize_mx_every_pattern(ops, elem, mode, dtype):
-    check_mx(ops, amax_sweep(dtype, 32), elem, mode)
-    check_mx(ops, mixed_blocks(dtype, 32), elem, mode)
+    check_mx(ops, amax_sweep(dtype, 32), elem, mode, dequant=False)  # every pattern as a block amax
+    check_mx(ops, mixed_blocks(dtype, 32), elem, mode)  # every pattern as an element
 
 
 @pytest.mark.parametrize("elem,mode", MX_CASES)
@@ -210,13 +226,13 @@ def test_scale_byte_float32_sweep(low):
 
 
 # --- §5 NVFP4 ---------------------------------------------------------------------------------------------
-def check_nv(ops, x, global_amax=None, block_size=16):
+def check_nv(ops, x, global_amax=None, block_size=16, dequant=True):
     got = ops.quantize_nvfp4(x, global_amax=global_amax, block_size=block_size)
     want = nvfp4.quantize_nvfp4(x, global_amax=global_amax, block_size=block_size)
     bits_equal(got.global_scale, want.global_scale)
     codes_equal(got.scales, want.scales)
     codes_equal(got.data, want.data)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16) if dequant else ():
         bits_equal(ops.dequantize_nvfp4(want, dtype), nvfp4.dequantize_nvfp4(want, dtype))
 
 
@@ -225,8 +241,8 @@ def test_quantize_nvfp4_every_pattern(ops, dtype):
     src = torch.bfloat16 if dtype == torch.float32 else dtype
     for x in (amax_sweep(src, 16).to(dtype), mixed_blocks(src, 16).to(dtype)):
         check_nv(ops, x)
-        for a in (0.0, 1.0, 2688.0, 3.0e38, 1e-30):
-            check_nv(ops, x, global_amax=a)
+        for a in (0.0, 2688.0, 3.0e38, 1e-30):
+            check_nv(ops, x, global_amax=a, dequant=False)
 
 
 def test_quantize_nvfp4_generic_block_and_shapes(ops):

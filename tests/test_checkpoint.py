@@ -6,7 +6,6 @@ import torch
 
 from fp4ref.checkpoint import (decode_global_scale, encode_global_scale, pack_tensors, quantization_config,
                                unpack_tensors)
-from fp4ref.codecs import decode
 from fp4ref.mx import quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
 
@@ -142,3 +141,36 @@ def test_compressed_tensors_reads_our_layout(fmt):
     assert torch.equal(theirs, f32.to(torch.bfloat16))
     same = (theirs == ours.to(torch.bfloat16)).float().mean()
     assert float(same) > 0.999
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                    reason="transformers not installed (optional extra fp4ref[model])")
+@pytest.mark.parametrize("fmt,method,act", [("nvfp4", "gptq", False), ("mxfp4", "mr-gptq", True)])
+def test_model_checkpoint_roundtrip(tmp_path, fmt, method, act):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fp4ref.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from fp4ref.model import QuantLinear, quantize_model
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    calib = torch.randint(0, 96, (4, 24))
+    quantize_model(model, calib, method=method, fmt=fmt, act=act, progress=lambda s: None)
+    out = save_checkpoint(model, tmp_path / "ckpt", metadata={"note": "test"})
+    config, plain, quantized = read_checkpoint(out)
+    assert config["quantization_config"]["format"] == f"{fmt}-pack-quantized"
+    assert len(quantized) == 14 and "lm_head.weight" not in plain
+    loaded = load_checkpoint(out)
+    mine = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    theirs = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantLinear)}
+    assert mine.keys() == theirs.keys()
+    for n, m in mine.items():
+        assert torch.equal(_bits(theirs[n].weight), _bits(m.weight)), n
+        assert (m.rotation is None) == (theirs[n].rotation is None) and theirs[n].act_fmt == m.act_fmt
+    for n, t in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[n], t), n
+    ids = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

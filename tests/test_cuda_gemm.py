@@ -134,6 +134,57 @@ def test_fragment_mapping_emulates_a_16x8_product():
     np.testing.assert_array_equal(acc, want)
 
 
+def test_epilogue_reads_each_accumulator_where_the_mma_left_it():
+    """linear_small_kernel's epilogue index (v, lane) for output (row r, column m) inverts the m16n8k16
+    accumulator layout (c0,c1 = (g, 2p..2p+1), c2,c3 = (g+8, 2p..2p+1)) stored as red[warp][v][lane]."""
+    for mt_count in (1, 2):
+        stored = {}
+        for rt in range(4):
+            for mt in range(mt_count):
+                for i in range(4):
+                    for lane in range(32):
+                        g, p = lane >> 2, lane & 3
+                        row, col = rt * 16 + g + 8 * (i >> 1), mt * 8 + 2 * p + (i & 1)
+                        stored[(row, col)] = ((rt * mt_count + mt) * 4 + i, lane)
+        for r in range(64):
+            for m in range(8 * mt_count):
+                rr, mm = r % 16, m % 8
+                v = ((r // 16) * mt_count + m // 8) * 4 + (rr // 8) * 2 + (mm & 1)
+                ln = (rr % 8) * 4 + mm // 2
+                assert stored[(r, m)] == (v, ln)
+
+
+@pytest.mark.skipif(_gemm_module() is None, reason="fp4ref_cuda._gemm_sm90 not built")
+@pytest.mark.parametrize("m", [4, 40])
+@pytest.mark.parametrize("kind", ["mx", "nv"])
+def test_wrappers_trace_with_fake_cuda_tensors(m, kind, monkeypatch):
+    """Every Python path (small M, cuBLAS M, bias, output dtypes) reaches the ops with valid arguments and
+    gets the right shapes and dtypes back from the fake kernels; no GPU needed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import fp4ref_cuda.gemm as cg
+
+    monkeypatch.setattr(cg, "_cutlass_arch", lambda dev: None)
+
+    def make(rows, k):
+        d = torch.empty(rows, k // 2, dtype=torch.uint8, device="cuda")
+        if kind == "mx":
+            s = torch.empty(rows, k // 32, dtype=torch.uint8, device="cuda")
+            return MXTensor(d, s, "e2m1", 32, torch.Size((rows, k)))
+        s = torch.empty(rows, k // 16, dtype=torch.uint8, device="cuda")
+        return NVFP4Tensor(d, s, torch.empty((), device="cuda"), "te", torch.Size((rows, k)))
+
+    with FakeTensorMode():
+        a, b = make(m, 256), make(48, 256)
+        for out_dtype in (torch.float32, torch.bfloat16, torch.float16):
+            out = cg.fp4_mm(a, b, out_dtype=out_dtype)
+            assert out.shape == (m, 48) and out.dtype == out_dtype and out.is_cuda
+        x = torch.empty(2, m, 256, dtype=torch.bfloat16, device="cuda")
+        for bias in (None, torch.empty(48, dtype=torch.bfloat16, device="cuda")):
+            y = cg.fp4_linear(x, b, bias)
+            assert y.shape == (2, m, 48) and y.dtype == torch.bfloat16
+
+
 # --- GPU helpers -------------------------------------------------------------------------------------------
 def _unit_mx(codes: torch.Tensor, byte: int = 127) -> MXTensor:
     m, k = codes.shape
@@ -303,12 +354,17 @@ def test_ops_dispatch_uses_the_cuda_kernels():
 
 @gpu
 def test_bad_input_raises_python_errors():
+    from fp4ref import ops
     from fp4ref_cuda.gemm import fp4_mm
 
     a = _unit_mx(torch.randint(0, 16, (4, 64)).cuda())
     b = _unit_mx(torch.randint(0, 16, (4, 96)).cuda())
     with pytest.raises(ValueError, match="K mismatch"):
+        ops.fp4_mm(a, b)
+    with pytest.raises(ValueError, match="a \\(M, K\\) and b \\(N, K\\)"):
         fp4_mm(a, b)
+    with pytest.raises(TypeError):
+        ops.fp4_mm(a, _unit_nv(torch.randint(0, 16, (4, 64)).cuda()))
     ops = torch.ops.fp4ref_cuda
     w = torch.zeros(8, 32, dtype=torch.uint8, device="cuda")
     s = torch.zeros(8, 4, dtype=torch.uint8, device="cuda")

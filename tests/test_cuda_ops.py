@@ -31,7 +31,26 @@ OPS = ("encode", "decode", "pack_fp4", "unpack_fp4", "swizzle_scales", "unswizzl
 DEV = "cuda"
 
 
-# --- no GPU needed: schemas and fake (meta) shapes -----------------------------------------------------
+# --- no GPU needed: signatures, schemas and fake (meta) shapes -----------------------------------------
+def test_public_signatures_match_the_reference():
+    import inspect
+
+    from fp4ref import codecs
+
+    refs = {"encode": codecs.encode, "decode": codecs.decode, "pack_fp4": layouts.pack_fp4,
+            "unpack_fp4": layouts.unpack_fp4, "swizzle_scales": layouts.swizzle_scales,
+            "unswizzle_scales": layouts.unswizzle_scales, "quantize_mx": mx.quantize_mx,
+            "dequantize_mx": mx.dequantize_mx, "quantize_nvfp4": nvfp4.quantize_nvfp4,
+            "dequantize_nvfp4": nvfp4.dequantize_nvfp4, "block_hadamard": hadamard.block_hadamard,
+            "hadamard_quantize": ops.hadamard_quantize}
+
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    for name, ref in refs.items():
+        assert params(getattr(fp4ref_cuda, name)) == params(ref), name
+
+
 @needs_build
 def test_ops_registered_with_schemas():
     for name in OPS:

@@ -11,8 +11,6 @@ from fp4ref.hadamard import block_hadamard, hadamard_matrix
 from fp4ref.mx import quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
 
-torch.set_num_threads(2)
-
 GRIDS = {
     "int4": lambda: IntGrid(4, 32),
     "int4_asym": lambda: IntGrid(4, 32, symmetric=False),
@@ -68,9 +66,9 @@ def orig_quantize(x, scale, zero, maxq):
     return scale * (q - zero)
 
 
-def orig_fasterquant(W, H, blocksize=128, percdamp=0.01, groupsize=-1, bits=4, sym=True):
-    W = W.clone().double()
-    H = H.clone().double()
+def orig_fasterquant(W, H, blocksize=128, percdamp=0.01, groupsize=-1, bits=4, sym=True, dtype=torch.float64):
+    W = W.clone().to(dtype)
+    H = H.clone().to(dtype)
     maxq = 2**bits - 1
     scale, zero = orig_find_params(W, maxq, sym)
     dead = torch.diag(H) == 0
@@ -186,6 +184,16 @@ def test_dynamic_scales_reproduce_original(groupsize, blocksize, sym):
     assert abs(res.loss - loss_ref) <= 1e-12 * loss_ref
     static = gptq(W, H, IntGrid(4, groupsize, symmetric=sym), block_size=blocksize)
     assert not torch.equal(static.weight, res.weight)  # the two scale policies are really different
+
+
+def test_float32_mode_reproduces_original_precision():
+    X = correlated(400, 128, seed=5)
+    H = 2.0 / 400 * X.T @ X  # float32, as gptq.py accumulates it
+    W = weight(40, 128, seed=6)
+    Q_ref, loss_ref = orig_fasterquant(W, H, 64, 0.01, 32, 4, True, dtype=torch.float32)
+    res = gptq(W, H, IntGrid(4, 32, dtype=torch.float32), block_size=64, scales="dynamic", dtype=torch.float32)
+    assert torch.equal(res.weight, Q_ref)
+    assert abs(res.loss - loss_ref) <= 1e-5 * loss_ref
 
 
 def test_dynamic_stale_scales_depend_on_block_size():

@@ -9,8 +9,6 @@ from fp4ref.grids import IntGrid, MXGrid, NVFP4Grid, grid_for
 from fp4ref.mx import SCALE_MODES, quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
 
-torch.set_num_threads(2)
-
 E2M1_TIES = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
 
 

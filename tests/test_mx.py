@@ -205,8 +205,20 @@ def test_dequantize_is_exact(elem, mode):
     sc = 2.0 ** (q.scales.numpy().astype(np.float64) - 127)
     want = (vals.reshape(8, 2, 32) * sc[:, :, None]).reshape(8, 64)
     if mode == "stretch":
-        want = (want.astype(np.float32) / np.float32(3)).astype(np.float64)
+        want = (want / 3).astype(np.float32).astype(np.float64)
     assert torch.equal(dequantize_mx(q).double(), torch.from_numpy(want))
+
+
+def test_stretch_dequantize_at_the_top_scale():
+    # X = 127: 3 * 2^127 / 2^127 = 3 (code 5) dequantizes to 3 * 2^127 / 3 = 2^127, which must not pass
+    # through an infinite 3 * 2^127; FLT_MAX -> 6 (code 7) -> 2^128 really does overflow.
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1], x[0, 2] = float(np.finfo(np.float32).max), 2.0**127, 2.0**126
+    q = quantize_mx(x, "e2m1", scale_mode="stretch")
+    assert q.scales.item() == 254 and q.codes()[0, :3].tolist() == [7, 5, 3]
+    d = dequantize_mx(q)
+    assert d[0, 0].item() == float("inf") and d[0, 1].item() == 2.0**127
+    assert d[0, 2].item() == float(np.float32(1.5 * 2.0**127 / 3))
 
 
 @given(k=st.integers(-20, 20), seed=st.integers(0, 2**31 - 1),

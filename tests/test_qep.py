@@ -11,8 +11,6 @@ from fp4ref.gptq import gptq
 from fp4ref.grids import IntGrid
 from fp4ref.qep import ORIGINAL_DAMP, ORIGINAL_EXCLUDE, QEPAccumulator, alpha_for, qep_target
 
-torch.set_num_threads(2)
-
 
 def inputs(n: int = 512, d: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-precision inputs X and a perturbed X̂ (as if an earlier layer were quantized), float64."""

@@ -16,6 +16,7 @@
 #define FP4_UNROLL
 #include <string.h>
 #endif
+#include <math.h>
 
 namespace fp4ref {
 
@@ -112,12 +113,36 @@ FP4_HD uint32_t encode(float x, const Fmt& f, bool saturate) {
   return code | sign;
 }
 
-// encode_e2m1 with saturate=True, for finite blocks: the hot path of every FP4 quantizer.
+// encode_e2m1 with saturate=True, for the quantizers' finite blocks (NaN gives ±max): the hot path, so
+// mostly float operations (Hopper issues half as many integer as float operations per clock). With
+// a = min(|y|, 6) and p = 2^max(E, 0) (E: a's exponent), c = 1.5 * 2^22 * p has a unit in the last place
+// equal to the E2M1 step at a's binade, so fp32(a + c) rounds a to the grid, ties to even; the step count
+// k = bits(a + c) - bits(c), and code = k + 2 * max(E, 0).
 FP4_HD uint32_t encode_e2m1_sat(float y) {
-  const uint32_t u = f2u(y);
-  uint32_t code = magnitude_code(u & 0x7FFFFFFFu, make_fmt(E2M1));
-  code = code > 7u ? 7u : code;
-  return code | ((u >> 28) & 8u);
+  const float a = fminf(fabsf(y), 6.0f);
+  const uint32_t p = f2u(fmaxf(a, 1.0f)) & 0x7F800000u;
+  const float c = fmul(u2f(p), 6291456.0f);
+  const uint32_t code = f2u(fadd(a, c)) - f2u(c) + ((p >> 22) - 254u);
+  return code | ((f2u(y) >> 28) & 8u);
+}
+
+// 2 * decode_e2m1(code), sign included: the doubled magnitudes {0,1,2,3,4,6,8,12} are nibbles of one
+// constant, turned into a float exactly by the 2^23 trick. Dequantizers multiply by scale / 2 (exact).
+FP4_HD float decode_e2m1_x2(uint32_t code) {
+  const uint32_t m2 = (0xC8643210u >> ((code & 7u) * 4u)) & 0xFu;
+  const float v = fsub(u2f(m2 | 0x4B000000u), 8388608.0f);
+  return u2f(f2u(v) | ((code & 8u) << 28));
+}
+
+// max(a, b) that returns NaN if either is NaN (max.NaN.f32), for block amax: NaN or Inf flags the block.
+FP4_HD float fmax_nan(float a, float b) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return (a != a) ? a : ((b != b) ? b : fmaxf(a, b));
+#endif
 }
 
 // encode_e8m0: e + (m >= 2^22 if e > 0 else m > 2^22) from the float32 bits (SPEC §2).
@@ -240,6 +265,7 @@ FP4_HD uint32_t mx_element_code(float x, float inv_scale, const Fmt& f, bool str
 }
 
 // dequantize_mx: decode(code) * 2^(byte-127) in float32 (stretch: then / 3).
+// (e2m1 tiles use decode_e2m1_x2(code) * (2^(byte-127) / 2): the same exact product, then one rounding.)
 FP4_HD float mx_dequant(uint32_t code, uint32_t byte, const Fmt& f, bool stretch) {
   const float v = fmul(decode(code, f), decode_e8m0(byte));
   return stretch ? fdiv(v, 3.0f) : v;

@@ -91,5 +91,11 @@ int cpu_dequant(int out_dtype, int kind, int qb, int64_t n, int fmt_id, int stre
 // Single-value entry points of arith.cuh, for corner-case tables.
 uint32_t cpu_scale_byte(uint32_t amax_bits, int fmt, int mode) { return scale_byte(amax_bits, make_fmt(fmt), mode); }
 float cpu_te_encode_scale(float amax) { return te_encode_scale(amax); }
+void cpu_encode_e2m1_sat(const float* x, uint8_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (uint8_t)encode_e2m1_sat(x[i]);
+}
+void cpu_decode_e2m1_x2(const uint8_t* codes, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = decode_e2m1_x2(codes[i]);
+}
 
 }  // extern "C"

@@ -8,6 +8,8 @@
 #include "arith.cuh"
 #include "launch.h"
 
+#include <type_traits>
+
 namespace fp4ref {
 
 struct bf16_t { uint16_t bits; };
@@ -20,6 +22,38 @@ FP4_HD float to_f32(f16_t x) { return f16_to_f32(x.bits); }
 FP4_HD void from_f32(float v, float* out) { *out = v; }
 FP4_HD void from_f32(float v, bf16_t* out) { out->bits = f32_to_bf16(v); }
 FP4_HD void from_f32(float v, f16_t* out) { out->bits = f32_to_f16(v); }
+
+// Converts N floats to Out; on the device 16-bit outputs go two per instruction (cvt.rn.{bf16,f16}x2.f32,
+// the same rounding as the one-at-a-time casts torch uses).
+template <int N>
+FP4_HD void convert_out(const float* v, float* o) {
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) o[j] = v[j];
+}
+
+template <int N, typename Out>
+FP4_HD void convert_out(const float* v, Out* o) {
+#ifdef __CUDA_ARCH__
+  if constexpr (N % 2 == 0) {
+    FP4_UNROLL
+    for (int j = 0; j < N; j += 2) {
+      uint32_t w;
+      if constexpr (std::is_same_v<Out, bf16_t>) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[j], v[j + 1]);
+        memcpy(&w, &h, 4);
+      } else {
+        const __half2 h = __floats2half2_rn(v[j], v[j + 1]);
+        memcpy(&w, &h, 4);
+      }
+      o[j].bits = (uint16_t)(w & 0xFFFF);
+      o[j + 1].bits = (uint16_t)(w >> 16);
+    }
+    return;
+  }
+#endif
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) from_f32(v[j], &o[j]);
+}
 
 // Copies BYTES bytes (a power of two) in the widest aligned chunks up to 16 bytes.
 template <int BYTES>
@@ -173,18 +207,6 @@ FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sig
   }
 }
 
-// max |v| over n floats as float32 bits: integer max of the magnitude bits; >= 0x7F800000 means NaN/Inf.
-template <int N>
-FP4_HD uint32_t amax_bits(const float* v) {
-  uint32_t m = 0;
-  FP4_UNROLL
-  for (int j = 0; j < N; ++j) {
-    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
-    m = a > m ? a : m;
-  }
-  return m;
-}
-
 // Largest finite |v| (bits) of a rotated tile: the per-thread part of finite_amax.
 template <typename In, int T, int HB>
 FP4_HD uint32_t finite_amax_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale) {
@@ -204,48 +226,72 @@ FP4_HD void store_scale(const QuantParams& p, int64_t block, uint32_t byte) {
   if (p.swizzled != nullptr) p.swizzled[swizzle_offset(block / p.cols, block % p.cols, p.cols)] = (uint8_t)byte;
 }
 
-// quantize tile t: T = max(HB, QB) elements, T / QB blocks.
+// max |v| over N floats, NaN if any is NaN: its bits are >= 0x7F800000 exactly for NaN/Inf blocks.
+template <int N>
+FP4_HD uint32_t block_amax_bits(const float* v) {
+  float m = 0.0f;
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) m = fmax_nan(m, fabsf(v[j]));
+  return f2u(m);
+}
+
+// quantize tile t: T = max(HB, QB) elements, T / QB blocks. E2M1 codes are packed 8 per word, element 8w
+// in the low nibble of word w (so pack_fp4's byte order on a little-endian GPU).
 template <typename In, int T, int HB, int QB, int KIND>
 FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
-  static_assert(T % QB == 0 && T % HB == 0, "tile must hold whole blocks and rotations");
+  static_assert(T % QB == 0 && T % HB == 0 && QB % 8 == 0, "tile must hold whole blocks and rotations");
   float v[T];
   rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
-  const Fmt f = make_fmt(KIND == MX_ANY ? p.fmt_id : E2M1);
   float s_enc = 1.0f, s_dec = 1.0f;
   if constexpr (KIND == NV_TE) {
     s_enc = te_encode_scale(*p.amax);
     s_dec = fdiv(1.0f, s_enc);
     if (t == 0 && p.global_scale != nullptr) *p.global_scale = s_dec;
   }
-  alignas(16) uint8_t codes[T];
+  alignas(16) uint32_t words[KIND == MX_ANY ? T / 4 : T / 8];
   FP4_UNROLL
   for (int b = 0; b < T / QB; ++b) {
-    float* vb = v + b * QB;
-    const uint32_t am = amax_bits<QB>(vb);
+    const float* vb = v + b * QB;
+    const uint32_t am = block_amax_bits<QB>(vb);
     const bool bad = am >= F32_INF;
     uint32_t byte;
-    if constexpr (KIND == NV_TE) {
-      byte = bad ? 0x7Fu : te_block_scale(u2f(am), s_enc);
-      const float enc = te_element_scale(byte, s_dec);
-      FP4_UNROLL
-      for (int j = 0; j < QB; ++j) codes[b * QB + j] = bad ? 0 : (uint8_t)encode_e2m1_sat(fmul(vb[j], enc));
-    } else {
+    if constexpr (KIND == MX_ANY) {
+      const Fmt f = make_fmt(p.fmt_id);
       byte = scale_byte(am, f, p.mode);
       const float inv = inverse_scale(byte);
-      const bool stretch = p.mode == STRETCH;
       FP4_UNROLL
-      for (int j = 0; j < QB; ++j) codes[b * QB + j] = bad ? 0 : (uint8_t)mx_element_code(vb[j], inv, f, stretch);
+      for (int w = 0; w < QB / 4; ++w) {
+        uint32_t word = 0;
+        FP4_UNROLL
+        for (int j = 3; j >= 0; --j) word = (word << 8) | mx_element_code(vb[4 * w + j], inv, f, false);
+        words[b * (QB / 4) + w] = bad ? 0u : word;
+      }
+    } else {
+      float scale;
+      if constexpr (KIND == NV_TE) {
+        byte = bad ? 0x7Fu : te_block_scale(u2f(am), s_enc);
+        scale = te_element_scale(byte, s_dec);
+      } else {
+        byte = scale_byte(am, make_fmt(E2M1), p.mode);
+        scale = inverse_scale(byte);
+      }
+      const bool stretch = KIND == MX_E2M1 && p.mode == STRETCH;
+      FP4_UNROLL
+      for (int w = 0; w < QB / 8; ++w) {
+        uint32_t word = 0;
+        FP4_UNROLL
+        for (int j = 7; j >= 0; --j) {
+          float y = fmul(vb[8 * w + j], scale);
+          if (stretch) y = fmul(y, 3.0f);
+          word = (word << 4) | encode_e2m1_sat(y);
+        }
+        words[b * (QB / 8) + w] = bad ? 0u : word;
+      }
     }
     store_scale(p, t * (T / QB) + b, byte);
   }
-  if constexpr (KIND == MX_ANY) {
-    copy_bytes<T>(p.data + t * T, codes);
-  } else {
-    alignas(16) uint8_t packed[T / 2];
-    FP4_UNROLL
-    for (int j = 0; j < T / 2; ++j) packed[j] = (uint8_t)(codes[2 * j] | (codes[2 * j + 1] << 4));
-    copy_bytes<T / 2>(p.data + t * (T / 2), packed);
-  }
+  constexpr int OUT_BYTES = KIND == MX_ANY ? T : T / 2;
+  copy_bytes<OUT_BYTES>(p.data + t * OUT_BYTES, words);
 }
 
 // Fallback for block sizes without a tile instantiation: one block, runtime size, no rotation.
@@ -296,13 +342,23 @@ FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
   const uint32_t byte = p.scales[blk];
   const Fmt f = make_fmt(KIND == MX_ANY ? p.fmt_id : E2M1);
   const float gs = KIND == NV_TE ? *p.global_scale : 1.0f;
-  alignas(16) Out o[QB];
+  // half the block scale (exact: a power of two or an E4M3 value, halved), times 2 * e2m1 below
+  const float hs = fmul(KIND == NV_TE ? decode_e4m3(byte) : decode_e8m0(byte), 0.5f);
+  float vals[QB];
   FP4_UNROLL
   for (int j = 0; j < QB; ++j) {
-    const uint32_t code = KIND == MX_ANY ? raw[j] : ((raw[j / 2] >> (4 * (j & 1))) & 0xF);
-    const float v = KIND == NV_TE ? nv_dequant(code, byte, gs) : mx_dequant(code, byte, f, p.stretch);
-    from_f32(v, &o[j]);
+    float v;
+    if constexpr (KIND == MX_ANY) {
+      v = mx_dequant(raw[j], byte, f, p.stretch);
+    } else {
+      v = fmul(decode_e2m1_x2((raw[j / 2] >> (4 * (j & 1))) & 0xF), hs);
+      if constexpr (KIND == NV_TE) v = fmul(v, gs);
+      else if (p.stretch) v = fdiv(v, 3.0f);
+    }
+    vals[j] = v;
   }
+  alignas(16) Out o[QB];
+  convert_out<QB>(vals, o);
   copy_bytes<QB * (int)sizeof(Out)>(out + blk * QB, o);
 }
 

