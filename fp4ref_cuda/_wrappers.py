@@ -133,8 +133,8 @@ class Ops:
 
     def quantize_nvfp4(self, x: torch.Tensor, *, global_amax: float | torch.Tensor | None = None, recipe: str = "te",
                        block_size: int = 16):
-        if recipe != "te" or x.dtype not in IN_DTYPES:
-            return NotImplemented
+        if recipe != "te" or x.dtype not in IN_DTYPES or x.numel() == 0:
+            return NotImplemented  # (an empty tensor: the global scale comes from no kernel thread)
         xc = _dense(x)
         amax = self._amax(xc, global_amax, 1, None, 1.0)
         data, scales, gs, _ = self.low.quantize(xc, NV_TE, 0, 0, block_size, 1, None, 1.0, amax, False)
@@ -162,7 +162,7 @@ class Ops:
                           signs: torch.Tensor | None = None, scale_mode: str = "floor", recipe: str = "te",
                           global_amax: float | torch.Tensor | None = None, swizzle: bool = False):
         """quantize(block_hadamard(x)) in one pass: each thread rotates a tile in registers and quantizes it."""
-        if x.dtype not in IN_DTYPES or (fmt == "nvfp4" and recipe != "te"):
+        if x.dtype not in IN_DTYPES or (fmt == "nvfp4" and (recipe != "te" or x.numel() == 0)):
             return NotImplemented
         xc = _dense(x)
         s = _signs(signs, x.device)
