@@ -10,15 +10,17 @@ Dequantization to bfloat16 (fp4ref ``.dequantize`` vs torchao ``to_dtype`` / ``N
 
 Time: best of ``--repeat`` calls after one warm-up call. Peak extra memory: Linux peak RSS (VmHWM) reset
 through /proc/self/clear_refs just before one call, minus the RSS before the call (tracemalloc does not
-see torch's allocations); it includes the call's outputs. The script re-executes itself with
-MALLOC_MMAP_THRESHOLD_=131072 so that glibc returns freed buffers to the OS (else RSS hides peaks). ``--runs N`` repeats the whole measurement and
-prints the best time and the spread (max/min) per row.
+see torch's allocations); it includes the call's outputs. Memory is measured in a child process run with
+MALLOC_MMAP_THRESHOLD_=131072, so that glibc returns freed buffers to the OS (else RSS hides peaks);
+timings come from the parent, without that setting (it would slow every allocation down).
+``--runs N`` repeats the whole measurement and prints the best time and the spread (max/min) per row.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -89,7 +91,7 @@ def cases(x: torch.Tensor):
         ("MXFP4", "dequantize", "fp4ref", lambda: q_mx.dequantize(torch.bfloat16)),
         ("MXFP4", "dequantize", "torchao", lambda: to_dtype(ao_data, ao_scale, fp4, 32, torch.bfloat16)),
         ("NVFP4", "quantize", "fp4ref", lambda: quantize_nvfp4(x, recipe="te")),
-        ("NVFP4", "quantize", "_fast", lambda: _fast.quantize_nvfp4_fast(x, _fast.finite_amax(x),
+        ("NVFP4", "quantize", "_fast", lambda: _fast.quantize_nvfp4_fast(x, None,
                                                                          _RECIPE_FUNCS["te"], 16)),
         ("NVFP4", "quantize", "torchao", ao_nvfp4_quantize),
         ("NVFP4", "dequantize", "fp4ref", lambda: q_nv.dequantize(torch.bfloat16)),
@@ -97,32 +99,40 @@ def cases(x: torch.Tensor):
     ]
 
 
+def measure_memory(rows) -> dict:
+    return {r[:3]: peak_extra_mib(r[3]) for r in rows}
+
+
 def main() -> None:
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        # glibc raises its mmap threshold after big frees, so freed buffers stay resident and hide later
-        # peaks; a fixed threshold returns every buffer >= 128 KiB to the OS, so RSS tracks live memory.
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        os.execv(sys.executable, [sys.executable] + sys.argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     x = torch.randn(a.size, a.size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    rows = cases(x)
+    if a.memory_only:
+        for key, m in measure_memory(rows).items():
+            print("MEM", *key, m)
+        return
     n = x.numel()
     in_mib = x.numel() * x.element_size() / 2**20
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, input {a.size}x{a.size} bfloat16 "
           f"({in_mib:.0f} MiB), best of {a.repeat} calls, {a.runs} run(s)")
-    rows = cases(x)
     times: dict[tuple, list[float]] = {r[:3]: [] for r in rows}
-    mem: dict[tuple, float] = {}
     for _ in range(a.runs):
         for fmt, op, impl, fn in rows:
             times[(fmt, op, impl)].append(best_seconds(fn, a.repeat))
-    for fmt, op, impl, fn in rows:
-        mem[(fmt, op, impl)] = peak_extra_mib(fn)
+    # Memory in a child process whose glibc returns every freed buffer >= 128 KiB to the OS (by default
+    # glibc raises its mmap threshold after big frees, and freed buffers that stay resident hide later
+    # peaks); timings are taken here, without that setting, which would slow every allocation down.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, __file__, "--memory-only", "--size", str(a.size), "--threads",
+                          str(a.threads)], env=env, capture_output=True, text=True, check=True).stdout
+    mem = {tuple(line.split()[1:4]): float(line.split()[4]) for line in out.splitlines() if line.startswith("MEM")}
     print(f"{'format':6} {'op':10} {'impl':8} {'Melem/s':>9} {'spread':>7} {'fp4ref/ao':>9} "
           f"{'peak MiB':>9} {'x input':>7}")
     for fmt, op, impl, _ in rows:

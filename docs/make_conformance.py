@@ -122,7 +122,9 @@ def nv_row(x, show="scale", block=1):
     ao, mo = lib("torchao"), lib("modelopt")
 
     def pick(scales, codes):
-        return f"{int(scales.flatten()[block]):02X}" if show == "scale" else hexes(codes.flatten()[16 * block:16 * block + 3])
+        if show == "scale":
+            return f"{int(scales.flatten()[block]):02X}"
+        return hexes(codes.flatten()[16 * block:16 * block + 3])
 
     def fp(recipe):
         q = quantize_nvfp4(x, recipe=recipe)

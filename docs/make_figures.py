@@ -133,7 +133,8 @@ def nvfp4_recipe_table() -> str:
     from fp4ref.nvfp4 import RECIPES, quantize_nvfp4
 
     cases = [("zero block", [0.0] * 16), ("block amax 1e-3", [1e-3] + [0.0] * 15),
-             ("block amax 1e-6", [1e-6] + [0.0] * 15), ("block [-0.0, -1e-6, 1, 0…]", [-0.0, -1e-6, 1.0] + [0.0] * 13)]
+             ("block amax 1e-6", [1e-6] + [0.0] * 15),
+             ("block [-0.0, -1e-6, 1, 0…]", [-0.0, -1e-6, 1.0] + [0.0] * 13)]
     rows = ["| row (tensor amax 1) | " + " | ".join(RECIPES) + " |", "| --- |" + " --- |" * len(RECIPES)]
     for label, blk in cases:
         x = torch.tensor([[1.0] + [0.0] * 15, blk])

@@ -22,7 +22,7 @@ from .codecs import magnitude_codes
 from .formats import E2M1
 
 CHUNK_ELEMS = 1 << 20  # one thread: 4 MiB of float32 per chunk, few op calls, still cache-friendly
-PARALLEL_CHUNK_ELEMS = 1 << 14  # several threads: below torch's grain size, see _run_chunks
+PARALLEL_CHUNK_ELEMS = 1 << 18  # several threads: one chunk per pool thread at a time, see _run_chunks
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,9 +69,9 @@ def pack_rows(codes: torch.Tensor) -> torch.Tensor:
 
 
 def _run_chunks(rows: int, k: int, work) -> None:
-    """Call ``work(r0, r1)`` over row chunks. With several torch threads, chunks go to a pool of Python
-    threads and stay below torch's grain size (32768 elements), so every op runs serially in its worker:
-    no OpenMP barrier per op, which on a busy machine costs more than the op itself."""
+    """Call ``work(r0, r1)`` over row chunks. With several torch threads, chunks go to a pool of that many
+    Python threads (torch releases the GIL inside ops). Measured on 2 busy cores, this is 4-10x faster than
+    letting each op fork and join its own OpenMP team, whose barriers cost more than the small ops."""
     workers = torch.get_num_threads()
     elems = CHUNK_ELEMS if workers == 1 else PARALLEL_CHUNK_ELEMS
     step = max(1, elems // max(k, 1))
@@ -149,8 +149,11 @@ def quantize_mx_e2m1(x: torch.Tensor, block_size: int, scale_mode: str, axis: in
     return data.view(*lead, k // 2), scales.view(*lead, nb)
 
 
-def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor, recipe_func, block_size: int, **kw):
-    """(data, scales, global_scale) of quantize_nvfp4 with the recipe function ``recipe_func``, chunked."""
+def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor | None, recipe_func, block_size: int, **kw):
+    """(data, scales, global_scale) of quantize_nvfp4 with the recipe function ``recipe_func``, chunked.
+    ``amax=None``: the global amax is taken from the block maxima (one pass fewer than finite_amax)."""
+    from .nvfp4 import finite_amax as reference_amax
+
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not x.numel():
         return None
     lead, k = x.shape[:-1], x.shape[-1]
@@ -158,17 +161,27 @@ def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor, recipe_func, block_
     nb = k // block_size
     data = torch.empty(rows.shape[0], k // 2, dtype=torch.uint8)
     scales = torch.empty(rows.shape[0], nb, dtype=torch.uint8)
+    bamax = torch.empty(rows.shape[0], nb, dtype=torch.float32)
+
+    def block_pass(r0: int, r1: int) -> None:
+        bamax[r0:r1] = _block_amax(rows[r0:r1].reshape(r1 - r0, nb, block_size))
+
+    _run_chunks(rows.shape[0], k, block_pass)
+    if amax is None:
+        amax = bamax.max()
+        if not bool(torch.isfinite(amax)):
+            amax = reference_amax(x)
     gs = []
 
     def work(r0: int, r1: int) -> None:
         xc = rows[r0:r1].reshape(r1 - r0, nb, block_size)
         if x.dtype == torch.float16:
             xc = xc.float()
-        bamax = _block_amax(xc)
-        y, s_b, g = recipe_func(xc, bamax, amax, **kw)
+        ba = bamax[r0:r1]
+        y, s_b, g = recipe_func(xc, ba, amax, **kw)
         gs.append(g)
         codes = codes_f32(y.float())
-        bad = ~torch.isfinite(bamax)
+        bad = ~torch.isfinite(ba)
         if bool(bad.any()):
             codes.masked_fill_(bad.unsqueeze(-1), 0)
             s_b = s_b.masked_fill(bad, 0x7F)
@@ -177,3 +190,65 @@ def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor, recipe_func, block_
 
     _run_chunks(rows.shape[0], k, work)
     return data.view(*lead, k // 2), scales.view(*lead, nb), gs[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_values() -> torch.Tensor:
+    """float32 [256, 2]: the E2M1 values of a packed byte's low and high nibble."""
+    from .codecs import decode_table
+
+    t = decode_table("e2m1")
+    b = torch.arange(256)
+    return torch.stack([t[b & 0xF], t[b >> 4]], dim=-1).contiguous()
+
+
+def _dequantize_rows(data: torch.Tensor, scale_rows, block_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``vals * scale`` per block, from packed rows [R, K/2]; ``scale_rows(r0, r1, vals)`` scales in place."""
+    rows, k = data.shape[0], data.shape[1] * 2
+    out = torch.empty(rows, k, dtype=dtype)
+    pairs = _pair_values()
+
+    def work(r0: int, r1: int) -> None:
+        vals = pairs.index_select(0, data[r0:r1].flatten().int()).view(r1 - r0, k // block_size, block_size)
+        scale_rows(r0, r1, vals)
+        out[r0:r1] = vals.view(r1 - r0, k)  # the copy rounds float32 to dtype, as .to(dtype) does
+
+    _run_chunks(rows, k, work)
+    return out
+
+
+def dequantize_mx_e2m1(q, dtype: torch.dtype = torch.float32):
+    """dequantize_mx for e2m1 MXTensors on CPU (None otherwise): decode(code) * 2^(byte-127) (stretch: / 3)."""
+    from .codecs import e8m0_to_float
+
+    if q.elem != "e2m1" or q.data.device.type != "cpu" or not q.data.numel():
+        return None
+    data = q.data.view(torch.uint8)
+    lead, kh = data.shape[:-1], data.shape[-1]
+    scales = e8m0_to_float(q.scales).reshape(-1, q.scales.shape[-1])
+
+    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> None:
+        vals.mul_(scales[r0:r1].unsqueeze(-1))
+        if q.scale_mode == "stretch":
+            vals.div_(3.0)
+
+    out = _dequantize_rows(data.reshape(-1, kh), scale_rows, q.block_size, dtype).view(*lead, 2 * kh)
+    ax = q.axis % len(q.shape)
+    return out.movedim(-1, ax) if ax != len(q.shape) - 1 else out
+
+
+def dequantize_nvfp4_fast(q, dtype: torch.dtype = torch.float32):
+    """dequantize_nvfp4 on CPU (None otherwise): fp32(fp32(e2m1 * e4m3) * global_scale), then dtype."""
+    from .codecs import decode_table
+
+    if q.data.device.type != "cpu" or not q.data.numel():
+        return None
+    data = q.data.view(torch.uint8)
+    lead, kh = data.shape[:-1], data.shape[-1]
+    sb = decode_table("e4m3")[q.scales.view(torch.uint8).reshape(-1, q.scales.shape[-1]).long()]
+    gs = q.global_scale.to(dtype=torch.float32)
+
+    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> None:
+        vals.mul_(sb[r0:r1].unsqueeze(-1)).mul_(gs)
+
+    return _dequantize_rows(data.reshape(-1, kh), scale_rows, q.block_size, dtype).view(*lead, 2 * kh)

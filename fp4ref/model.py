@@ -325,13 +325,13 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                     d = W.shape[1]
                     alpha = _alpha_for(full, qep, qep_layers)
                     if alpha > 0:
-                        acc = QEPAccumulator(d)
+                        acc = QEPAccumulator(d, device=W.device)
                         for xh, xf in zip(x_hat[n], x_full[n]):
                             acc.add(xh, xf)
                         H = acc.H
                         target = qep_target(W.double(), H, acc.H_delta, alpha=alpha, damp=qep_damp)
                     else:
-                        acc = HessianAccumulator(d)
+                        acc = HessianAccumulator(d, device=W.device)
                         for xh in x_hat[n]:
                             acc.add(xh)
                         H, target = acc.H, W

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="save the quantized checkpoint (or, with --compare, "
                                                           "results.json and results.md) here")
     p.add_argument("--quick", action="store_true",
-                   help="small run: 4x256 calibration tokens, 4x512 eval, first 4 blocks only")
+                   help="small run: 4x256 calibration tokens, 4x512 eval, first 2 blocks only")
     p.add_argument("--calib", type=int, default=None, help="calibration windows (default 16, quick 4)")
     p.add_argument("--calib-len", type=int, default=None, help="calibration window length (default 512, quick 256)")
     p.add_argument("--eval", dest="n_eval", type=int, default=None, help="eval windows of 512 (default 16, quick 4)")
@@ -117,7 +117,7 @@ def cli_quantize(argv: list[str]) -> int:
     calib_len = args.calib_len or (256 if quick else 512)
     n_eval = args.n_eval or (4 if quick else 16)
     if quick and args.blocks is None:
-        args.blocks = 4
+        args.blocks = 2
     progress = (lambda s: None) if args.quiet else (lambda s: print("  " + s, file=sys.stderr, flush=True))
 
     t_all = time.perf_counter()

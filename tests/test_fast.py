@@ -63,9 +63,14 @@ def test_nvfp4_equals_reference(dtype, recipe):
         q = quantize_nvfp4(w, recipe=recipe)
         amax = _fast.finite_amax(w)
         assert amax.view(torch.int32) == finite_amax(w).view(torch.int32)
-        data, scales, gs = _fast.quantize_nvfp4_fast(w, amax, _RECIPE_FUNCS[recipe], 16, **kw)
+        for a in (amax, None):  # None: the global amax from the block maxima
+            data, scales, gs = _fast.quantize_nvfp4_fast(w, a, _RECIPE_FUNCS[recipe], 16, **kw)
+            assert torch.equal(data, q.data) and torch.equal(scales, q.scales)
+            assert gs.reshape(()).view(torch.int32) == q.global_scale.view(torch.int32)
+        finite = w.float().nan_to_num(0.0, 0.0, 0.0).to(dtype)  # the block-maxima amax without non-finite blocks
+        q = quantize_nvfp4(finite, recipe=recipe)
+        data, scales, gs = _fast.quantize_nvfp4_fast(finite, None, _RECIPE_FUNCS[recipe], 16, **kw)
         assert torch.equal(data, q.data) and torch.equal(scales, q.scales)
-        assert gs.reshape(()).view(torch.int32) == q.global_scale.view(torch.int32)
 
 
 def test_chunking_does_not_change_bytes(monkeypatch):
@@ -80,3 +85,19 @@ def test_chunking_does_not_change_bytes(monkeypatch):
 def test_declines_what_it_does_not_cover():
     assert _fast.quantize_mx_e2m1(torch.zeros(0, 32), 32, "floor", 1) is None
     assert _fast.quantize_mx_e2m1(torch.zeros(2, 32, dtype=torch.float64), 32, "floor", 1) is None
+
+
+def _same_floats(a: torch.Tensor, b: torch.Tensor) -> bool:
+    ib = torch.int16 if a.element_size() == 2 else torch.int32
+    nan = torch.isnan(a)
+    return bool(torch.equal(nan, torch.isnan(b)) and torch.equal(a[~nan].view(ib), b[~nan].view(ib)))
+
+
+@pytest.mark.parametrize("out", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_dequantize_equals_reference(out):
+    for mode, axis in (("floor", 1), ("stretch", 0), ("rceil", 1)):
+        q = quantize_mx(awkward(4, torch.float32), "e2m1", block_size=32, scale_mode=mode, axis=axis)
+        assert _same_floats(_fast.dequantize_mx_e2m1(q, out), q.dequantize(out))
+    for recipe in RECIPES:
+        q = quantize_nvfp4(awkward(5, torch.bfloat16), recipe=recipe)
+        assert _same_floats(_fast.dequantize_nvfp4_fast(q, out), q.dequantize(out))

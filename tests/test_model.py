@@ -119,12 +119,12 @@ def test_qep_objective_decreases_in_alpha(real):
 
 
 @needs_model
-def test_quantize_model_two_blocks(real):
+def test_quantize_model_one_block(real):
     reports, ppl = {}, {}
     for method in ("rtn", "gptq"):
         model, _ = models.load_model()
         lines = []
-        res = quantize_model(model, real["calib"][:2], method=method, fmt="nvfp4", blocks=[0],
+        res = quantize_model(model, real["calib"][:2], method=method, fmt="mxfp4", blocks=[0],
                              progress=lines.append)
         assert len(lines) == 1 and lines[0].startswith("block 1/30")
         assert [(r.block, r.name) for r in res.layers][:3] == [(0, "self_attn.q_proj"), (0, "self_attn.k_proj"),
@@ -171,6 +171,11 @@ def test_w4a4_mr_gptq_layer(real):
     # activations really are on the MXFP4 grid: re-quantizing changes nothing
     xq = fake_quantize_activations(x_rot, "mxfp4")
     assert torch.equal(fake_quantize_activations(xq, "mxfp4"), xq)
+    # fp4ref.nn.FP4Linear (the float64 reference GEMM) computes the same layer from the same codes
+    from fp4ref.nn import FP4Linear
+
+    ref = FP4Linear.from_quantized(mod.quantized, rotation=32, quantize_activations=True)
+    assert torch.allclose(ref(x), mod(x), rtol=1e-5, atol=1e-6)
 
 
 def _hadamard(n):

@@ -264,11 +264,20 @@ FP4_HD uint32_t mx_element_code(float x, float inv_scale, const Fmt& f, bool str
   return code | ((u >> 31) << (f.ebits + f.mbits));
 }
 
-// dequantize_mx: decode(code) * 2^(byte-127) in float32 (stretch: then / 3).
+// stretch dequantize: decode * 2^X / 3 rounded once to float32: the product is exact in float64, the
+// float64 quotient is rounded, then the float32 result (k / 3 never lies on a float32 midpoint).
+FP4_HD float stretch_dequant(float v, float scale) {
+#ifdef __CUDA_ARCH__
+  return __double2float_rn(__ddiv_rn(__dmul_rn((double)v, (double)scale), 3.0));
+#else
+  return (float)(((double)v * (double)scale) / 3.0);
+#endif
+}
+
+// dequantize_mx: decode(code) * 2^(byte-127) in float32 (stretch: stretch_dequant).
 // (e2m1 tiles use decode_e2m1_x2(code) * (2^(byte-127) / 2): the same exact product, then one rounding.)
 FP4_HD float mx_dequant(uint32_t code, uint32_t byte, const Fmt& f, bool stretch) {
-  const float v = fmul(decode(code, f), decode_e8m0(byte));
-  return stretch ? fdiv(v, 3.0f) : v;
+  return stretch ? stretch_dequant(decode(code, f), decode_e8m0(byte)) : fmul(decode(code, f), decode_e8m0(byte));
 }
 
 // ---- NVFP4 recipe "te" (fp4ref/nvfp4.py) ---------------------------------------------------------------

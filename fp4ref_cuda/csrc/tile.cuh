@@ -48,11 +48,12 @@ FP4_HD void convert_out(const float* v, Out* o) {
       o[j].bits = (uint16_t)(w & 0xFFFF);
       o[j + 1].bits = (uint16_t)(w >> 16);
     }
-    return;
-  }
+  } else
 #endif
-  FP4_UNROLL
-  for (int j = 0; j < N; ++j) from_f32(v[j], &o[j]);
+  {
+    FP4_UNROLL
+    for (int j = 0; j < N; ++j) from_f32(v[j], &o[j]);
+  }
 }
 
 // Copies BYTES bytes (a power of two) in the widest aligned chunks up to 16 bytes.
@@ -175,6 +176,18 @@ FP4_HD void unpack_tile(const uint8_t* packed, uint8_t* out) {
   copy_bytes<16>(out, c);
 }
 
+// a / b and a % b for non-negative a, b > 0, in 32-bit arithmetic when both fit (a 64-bit division is a
+// long instruction sequence on the GPU).
+FP4_HD int64_t div_mod(int64_t a, int64_t b, int64_t* rem) {
+  if (((uint64_t)a | (uint64_t)b) <= 0xFFFFFFFFull) {
+    const uint32_t q = (uint32_t)a / (uint32_t)b;
+    *rem = (int64_t)((uint32_t)a - q * (uint32_t)b);
+    return q;
+  }
+  *rem = a % b;
+  return a / b;
+}
+
 // Offset of scale (r, c) in the 128x4 blocked layout of a matrix with cols columns (SPEC §3).
 FP4_HD int64_t swizzle_offset(int64_t r, int64_t c, int64_t cols) {
   const int64_t col_tiles = (cols + 3) / 4;
@@ -196,7 +209,8 @@ template <typename In, int T, int HB>
 FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale, float* v) {
   load_tile<In, T>(x + t * T, v);
   if (signs != nullptr) {
-    const int64_t base = sign_len > T ? (t * T) % sign_len : 0;
+    int64_t base = 0;
+    if (sign_len > T) div_mod(t * T, sign_len, &base);
     FP4_UNROLL
     for (int j = 0; j < T; ++j) v[j] = fmul(v[j], signs[sign_len > T ? base + j : (j & (sign_len - 1))]);
   }
@@ -223,7 +237,11 @@ FP4_HD uint32_t finite_amax_tile(const In* x, int64_t t, const float* signs, int
 
 FP4_HD void store_scale(const QuantParams& p, int64_t block, uint32_t byte) {
   p.scales[block] = (uint8_t)byte;
-  if (p.swizzled != nullptr) p.swizzled[swizzle_offset(block / p.cols, block % p.cols, p.cols)] = (uint8_t)byte;
+  if (p.swizzled != nullptr) {
+    int64_t c;
+    const int64_t r = div_mod(block, p.cols, &c);
+    p.swizzled[swizzle_offset(r, c, p.cols)] = (uint8_t)byte;
+  }
 }
 
 // max |v| over N floats, NaN if any is NaN: its bits are >= 0x7F800000 exactly for NaN/Inf blocks.
@@ -328,8 +346,7 @@ FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, cons
     else if (j & 1) p.data[i / 2] = (uint8_t)(low | (c << 4));
     else low = c;
   }
-  p.scales[blk] = (uint8_t)byte;
-  if (p.swizzled != nullptr) p.swizzled[swizzle_offset(blk / p.cols, blk % p.cols, p.cols)] = (uint8_t)byte;
+  store_scale(p, blk, byte);
 }
 
 // ---- dequantizers ------------------------------------------------------------------------------------
@@ -351,9 +368,10 @@ FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
     if constexpr (KIND == MX_ANY) {
       v = mx_dequant(raw[j], byte, f, p.stretch);
     } else {
-      v = fmul(decode_e2m1_x2((raw[j / 2] >> (4 * (j & 1))) & 0xF), hs);
+      const uint32_t code = (raw[j / 2] >> (4 * (j & 1))) & 0xF;
+      v = fmul(decode_e2m1_x2(code), hs);
       if constexpr (KIND == NV_TE) v = fmul(v, gs);
-      else if (p.stretch) v = fdiv(v, 3.0f);
+      else if (p.stretch) v = stretch_dequant(decode_e2m1(code), decode_e8m0(byte));
     }
     vals[j] = v;
   }
