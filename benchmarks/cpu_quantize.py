@@ -89,12 +89,14 @@ def cases(x: torch.Tensor):
         ("MXFP4", "quantize", "_fast", lambda: _fast.quantize_mx_e2m1(x, 32, "floor", x.dim() - 1)),
         ("MXFP4", "quantize", "torchao", lambda: to_mx(x, fp4, 32, ScaleCalculationMode.FLOOR)),
         ("MXFP4", "dequantize", "fp4ref", lambda: q_mx.dequantize(torch.bfloat16)),
+        ("MXFP4", "dequantize", "_fast", lambda: _fast.dequantize_mx_e2m1(q_mx, torch.bfloat16)),
         ("MXFP4", "dequantize", "torchao", lambda: to_dtype(ao_data, ao_scale, fp4, 32, torch.bfloat16)),
         ("NVFP4", "quantize", "fp4ref", lambda: quantize_nvfp4(x, recipe="te")),
         ("NVFP4", "quantize", "_fast", lambda: _fast.quantize_nvfp4_fast(x, None,
                                                                          _RECIPE_FUNCS["te"], 16)),
         ("NVFP4", "quantize", "torchao", ao_nvfp4_quantize),
         ("NVFP4", "dequantize", "fp4ref", lambda: q_nv.dequantize(torch.bfloat16)),
+        ("NVFP4", "dequantize", "_fast", lambda: _fast.dequantize_nvfp4_fast(q_nv, torch.bfloat16)),
         ("NVFP4", "dequantize", "torchao", lambda: ao_nv.dequantize(torch.bfloat16)),
     ]
 

@@ -203,22 +203,24 @@ def _pair_values() -> torch.Tensor:
 
 
 def _dequantize_rows(data: torch.Tensor, scale_rows, block_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """``vals * scale`` per block, from packed rows [R, K/2]; ``scale_rows(r0, r1, vals)`` scales in place."""
+    """``vals * scale`` per block, from packed rows [R, K/2]; ``scale_rows(r0, r1, vals)`` returns the scaled
+    float32 values (in place where it can)."""
     rows, k = data.shape[0], data.shape[1] * 2
     out = torch.empty(rows, k, dtype=dtype)
     pairs = _pair_values()
 
     def work(r0: int, r1: int) -> None:
         vals = pairs.index_select(0, data[r0:r1].flatten().int()).view(r1 - r0, k // block_size, block_size)
-        scale_rows(r0, r1, vals)
-        out[r0:r1] = vals.view(r1 - r0, k)  # the copy rounds float32 to dtype, as .to(dtype) does
+        vals = scale_rows(r0, r1, vals)
+        out[r0:r1] = vals.reshape(r1 - r0, k)  # the copy rounds float32 to dtype, as .to(dtype) does
 
     _run_chunks(rows, k, work)
     return out
 
 
 def dequantize_mx_e2m1(q, dtype: torch.dtype = torch.float32):
-    """dequantize_mx for e2m1 MXTensors on CPU (None otherwise): decode(code) * 2^(byte-127) (stretch: / 3)."""
+    """dequantize_mx for e2m1 MXTensors on CPU (None otherwise): decode(code) * 2^(byte-127) exactly
+    (stretch: decode * 2^X / 3 rounded once)."""
     from .codecs import e8m0_to_float
 
     if q.elem != "e2m1" or q.data.device.type != "cpu" or not q.data.numel():
@@ -227,10 +229,10 @@ def dequantize_mx_e2m1(q, dtype: torch.dtype = torch.float32):
     lead, kh = data.shape[:-1], data.shape[-1]
     scales = e8m0_to_float(q.scales).reshape(-1, q.scales.shape[-1])
 
-    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> None:
-        vals.mul_(scales[r0:r1].unsqueeze(-1))
-        if q.scale_mode == "stretch":
-            vals.div_(3.0)
+    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> torch.Tensor:
+        if q.scale_mode == "stretch":  # one rounding of decode * 2^X / 3, as dequantize_mx (float64 is exact)
+            return (vals.double() * scales[r0:r1].double().unsqueeze(-1) / 3.0).float()
+        return vals.mul_(scales[r0:r1].unsqueeze(-1))
 
     out = _dequantize_rows(data.reshape(-1, kh), scale_rows, q.block_size, dtype).view(*lead, 2 * kh)
     ax = q.axis % len(q.shape)
@@ -248,7 +250,7 @@ def dequantize_nvfp4_fast(q, dtype: torch.dtype = torch.float32):
     sb = decode_table("e4m3")[q.scales.view(torch.uint8).reshape(-1, q.scales.shape[-1]).long()]
     gs = q.global_scale.to(dtype=torch.float32)
 
-    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> None:
-        vals.mul_(sb[r0:r1].unsqueeze(-1)).mul_(gs)
+    def scale_rows(r0: int, r1: int, vals: torch.Tensor) -> torch.Tensor:
+        return vals.mul_(sb[r0:r1].unsqueeze(-1)).mul_(gs)
 
     return _dequantize_rows(data.reshape(-1, kh), scale_rows, q.block_size, dtype).view(*lead, 2 * kh)
