@@ -54,4 +54,4 @@ except ImportError:
 
 __all__ = ["available", "built", "encode", "decode", "pack_fp4", "unpack_fp4", "swizzle_scales",
            "unswizzle_scales", "quantize_mx", "dequantize_mx", "quantize_nvfp4", "dequantize_nvfp4",
-           "block_hadamard", "hadamard_quantize"]
+           "block_hadamard", "hadamard_quantize", "fp4_mm", "fp4_linear"]
