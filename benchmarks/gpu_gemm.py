@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--sizes", default="1,16,128,8192")
     ap.add_argument("--nk", type=int, default=8192)
+    ap.add_argument("--out", default=None, help="folder for gpu_gemm.txt (default $OUT or ./gpu_results)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_gemm: no CUDA GPU, nothing to measure")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{m if m else '-':>6}  {name:<38} {t:9.1f} {te:9.1f} {tf:9.1f} {speed:8.2f}")
     text = "\n".join(lines)
     print(text)
-    out_dir = os.environ.get("OUT") or "gpu_results"
+    out_dir = args.out or os.environ.get("OUT") or "gpu_results"
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "gpu_gemm.txt"), "w") as f:
         f.write(text + "\n")

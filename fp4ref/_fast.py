@@ -8,8 +8,11 @@ bits below 16) a 65536-entry table indexed by the bf16 bits does. The tables are
 codec itself (``magnitude_codes`` of the magnitude, sign bit from ``signbit``), so they cannot disagree with it.
 Work is done in row chunks that stay in cache, which also bounds the peak memory.
 
-Wiring (for the lead): call ``quantize_mx_e2m1(...)`` / ``quantize_nvfp4_fast(...)`` first and use the
-reference when they return None (CUDA tensors, empty tensors, other input dtypes).
+Dequantization reads both nibbles of a packed byte from a 256x2 value table and scales per chunk.
+
+Wiring (for the lead): call ``quantize_mx_e2m1`` / ``quantize_nvfp4_fast`` / ``dequantize_mx_e2m1`` /
+``dequantize_nvfp4_fast`` first and use the reference when they return None (CUDA tensors, empty tensors,
+other input dtypes).
 """
 from __future__ import annotations
 

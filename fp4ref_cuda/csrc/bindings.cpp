@@ -16,7 +16,12 @@
 
 #include "launch.h"
 
+#include "errfmt.h"
+
 namespace {
+
+inline std::string N(long long v) { return fp4ref_fmt::n(v); }
+inline std::string SHAPE(c10::IntArrayRef s) { return fp4ref_fmt::shape(s); }
 
 using at::Tensor;
 using fp4ref::DT_BF16;
@@ -87,14 +92,14 @@ const float* signs_ptr(const Tensor& x, const std::optional<Tensor>& signs, int6
 
 void check_rotation(const Tensor& x, int64_t hb, bool allow_one) {
   TORCH_CHECK_VALUE(is_pow2(hb) && hb <= 256 && (allow_one || hb >= 2),
-                    "fp4ref_cuda: hadamard block must be a power of two up to 256, got ", hb);
-  TORCH_CHECK_VALUE(last_dim(x, "x") % hb == 0, "fp4ref_cuda: row length ", x.size(-1),
-                    " is not a multiple of the hadamard block ", hb);
+                    "fp4ref_cuda: hadamard block must be a power of two up to 256, got ", N(hb));
+  TORCH_CHECK_VALUE(last_dim(x, "x") % hb == 0, "fp4ref_cuda: row length ", N(x.size(-1)),
+                    " is not a multiple of the hadamard block ", N(hb));
 }
 
 std::tuple<Tensor, Tensor> encode(const Tensor& x, int64_t fmt, bool saturate) {
   const int dt = float_dtype(x, "x");
-  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", fmt);
+  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", N(fmt));
   c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte));
   Tensor err = at::zeros({1}, x.options().dtype(at::kInt));
@@ -105,7 +110,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& x, int64_t fmt, bool saturate) {
 
 std::tuple<Tensor, Tensor> decode(const Tensor& codes, int64_t fmt) {
   check_u8(codes, "codes");
-  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", fmt);
+  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", N(fmt));
   c10::cuda::CUDAGuard guard(codes.device());
   Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
   Tensor err = at::zeros({1}, codes.options().dtype(at::kInt));
@@ -117,7 +122,7 @@ std::tuple<Tensor, Tensor> decode(const Tensor& codes, int64_t fmt) {
 std::tuple<Tensor, Tensor> pack_fp4(const Tensor& codes) {
   check_u8(codes, "codes");
   const int64_t k = last_dim(codes, "codes");
-  TORCH_CHECK_VALUE(k % 2 == 0, "fp4ref_cuda: codes' last dimension must be even, got ", k);
+  TORCH_CHECK_VALUE(k % 2 == 0, "fp4ref_cuda: codes' last dimension must be even, got ", N(k));
   c10::cuda::CUDAGuard guard(codes.device());
   Tensor out = at::empty(with_last(codes, k / 2), codes.options());
   Tensor err = at::zeros({1}, codes.options().dtype(at::kInt));
@@ -140,7 +145,7 @@ int64_t blocked_size(int64_t rows, int64_t cols) { return (rows + 127) / 128 * 1
 
 Tensor swizzle_scales(const Tensor& scales) {
   check_u8(scales, "scales");
-  TORCH_CHECK_VALUE(scales.dim() == 2, "fp4ref_cuda: scales must be 2-D, got ", scales.dim(), " dimensions");
+  TORCH_CHECK_VALUE(scales.dim() == 2, "fp4ref_cuda: scales must be 2-D, got ", N(scales.dim()), " dimensions");
   c10::cuda::CUDAGuard guard(scales.device());
   Tensor out = at::empty({blocked_size(scales.size(0), scales.size(1))}, scales.options());
   check_rc(fp4ref::launch_swizzle(scales.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), scales.size(0), scales.size(1),
@@ -152,7 +157,7 @@ Tensor unswizzle_scales(const Tensor& blocked, int64_t rows, int64_t cols) {
   check_u8(blocked, "blocked");
   TORCH_CHECK_VALUE(rows >= 0 && cols >= 0, "fp4ref_cuda: rows and cols must be non-negative");
   TORCH_CHECK_VALUE(blocked.dim() == 1 && blocked.numel() == blocked_size(rows, cols), "fp4ref_cuda: blocked must be "
-                    "1-D with ", blocked_size(rows, cols), " bytes for a (", rows, ", ", cols, ") scale matrix");
+                    "1-D with ", N(blocked_size(rows, cols)), " bytes for a (", N(rows), ", ", N(cols), ") scale matrix");
   c10::cuda::CUDAGuard guard(blocked.device());
   Tensor out = at::empty({rows, cols}, blocked.options());
   check_rc(fp4ref::launch_unswizzle(blocked.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), rows, cols,
@@ -188,12 +193,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> quantize(const Tensor& x, int64_t kin
                                                     int64_t block_size, int64_t hb, const std::optional<Tensor>& signs,
                                                     double rscale, const std::optional<Tensor>& amax, bool swizzle) {
   const int dt = float_dtype(x, "x");
-  TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE, "fp4ref_cuda: unknown quantizer kind ", kind);
+  TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE, "fp4ref_cuda: unknown quantizer kind ", N(kind));
   TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 4 && mode >= 0 && mode <= 4, "fp4ref_cuda: unknown element format or scale mode");
   const bool packed = kind != fp4ref::MX_ANY;
   const int64_t k = last_dim(x, "x");
   TORCH_CHECK_VALUE(block_size >= 1 && k % block_size == 0 && (!packed || block_size % 2 == 0),
-                    "fp4ref_cuda: row length ", k, " is not a multiple of block_size ", block_size,
+                    "fp4ref_cuda: row length ", N(k), " is not a multiple of block_size ", N(block_size),
                     packed ? " (which must be even)" : "");
   check_rotation(x, hb, true);
   int64_t slen;
@@ -230,10 +235,10 @@ Tensor dequantize(const Tensor& data, const Tensor& scales, const std::optional<
   TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE && fmt >= 0 && fmt <= 4,
                     "fp4ref_cuda: unknown quantizer kind or format");
   const int64_t k = last_dim(data, "data") * (kind == fp4ref::MX_ANY ? 1 : 2);
-  TORCH_CHECK_VALUE(block_size >= 1 && k % block_size == 0, "fp4ref_cuda: row length ", k,
-                    " is not a multiple of block_size ", block_size);
+  TORCH_CHECK_VALUE(block_size >= 1 && k % block_size == 0, "fp4ref_cuda: row length ", N(k),
+                    " is not a multiple of block_size ", N(block_size));
   TORCH_CHECK_VALUE(scales.sizes().vec() == with_last(data, k / block_size), "fp4ref_cuda: scales has shape ",
-                    scales.sizes(), ", expected one byte per block of ", block_size);
+                    SHAPE(scales.sizes()), ", expected one byte per block of ", N(block_size));
   int out_dt = DT_F32;
   if (dtype == at::kBFloat16) out_dt = DT_BF16;
   else if (dtype == at::kHalf) out_dt = DT_F16;

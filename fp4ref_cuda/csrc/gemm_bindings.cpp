@@ -26,10 +26,15 @@
 #include "gemm_cutlass.h"
 #endif
 
+#include "errfmt.h"
+
 #define FP4REF_STR2(x) #x
 #define FP4REF_STR(x) FP4REF_STR2(x)
 
 namespace {
+
+inline std::string N_(long long v) { return fp4ref_fmt::n(v); }
+inline std::string SHAPE_(c10::IntArrayRef s) { return fp4ref_fmt::shape(s); }
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
@@ -57,11 +62,11 @@ int64_t check_fp4_operand(const at::Tensor& data, const at::Tensor& scales, int6
   check_same_device(data, scales, name, "its scales");
   TORCH_CHECK_VALUE(data.dim() == 2 && scales.dim() == 2, name, " data and scales must be 2-D");
   TORCH_CHECK_VALUE(block_size > 0 && block_size % 16 == 0, name, " block_size must be a positive multiple of 16, got ",
-                    block_size);
+                    N_(block_size));
   const int64_t K = data.size(1) * 2;
-  TORCH_CHECK_VALUE(K % block_size == 0, name, " K = ", K, " must be a multiple of block_size ", block_size);
+  TORCH_CHECK_VALUE(K % block_size == 0, name, " K = ", N_(K), " must be a multiple of block_size ", N_(block_size));
   TORCH_CHECK_VALUE(scales.size(0) == data.size(0) && scales.size(1) == K / block_size, name, " scales must be (",
-                    data.size(0), ", ", K / block_size, "), got ", scales.sizes());
+                    N_(data.size(0)), ", ", N_(K / block_size), "), got ", SHAPE_(scales.sizes()));
   return K;
 }
 
@@ -106,7 +111,7 @@ at::Tensor bf16_cublas(const at::Tensor& a, const at::Tensor& b, const std::opti
   check_same_device(a, b, "a", "b");
   TORCH_CHECK_TYPE(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16, "a and b must be bfloat16");
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "a (M, K) and b (N, K) must share K, got ",
-                    a.sizes(), " and ", b.sizes());
+                    SHAPE_(a.sizes()), " and ", SHAPE_(b.sizes()));
   TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype must be float32 or bfloat16");
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   TORCH_CHECK_VALUE(M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31), "GEMM dimensions must fit in int32");
@@ -144,7 +149,7 @@ at::Tensor bf16_cublas(const at::Tensor& a, const at::Tensor& b, const std::opti
       CUBLAS_GEMM_DEFAULT_TENSOR_OP);
   cublasSetMathMode(handle, math);
   cublasSetPointerMode(handle, mode);
-  TORCH_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasGemmEx failed with status ", static_cast<int>(st));
+  TORCH_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasGemmEx failed with status ", N_(static_cast<int>(st)));
   return out;
 }
 
@@ -156,9 +161,9 @@ at::Tensor fp4_linear_small(const at::Tensor& x, const at::Tensor& w, const at::
   check_cuda(x, "x");
   check_same_device(x, w, "x", "w");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16, "x must be bfloat16, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == K, "x must be (M, ", K, "), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == K, "x must be (M, ", N_(K), "), got ", SHAPE_(x.sizes()));
   TORCH_CHECK_VALUE(x.size(0) >= 1 && x.size(0) <= 16, "the small-batch kernel takes 1 <= M <= 16 rows, got ",
-                    x.size(0));
+                    N_(x.size(0)));
   TORCH_CHECK_VALUE(divisor > 0, "divisor must be positive");
   const float* pa = nullptr;
   if (alpha.has_value()) {
@@ -212,11 +217,11 @@ at::Tensor cutlass_gemm(const at::Tensor& a, const at::Tensor& a_scales, const a
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "a (M, K/2) and b (N, K/2) must share K");
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1) * 2, bs = nvfp4 ? 16 : 32;
   const char* why = ns::cutlass_fp4_unsupported(M, N, K);
-  TORCH_CHECK_VALUE(why == nullptr, "shape (M=", M, ", N=", N, ", K=", K, ") not supported: ", why ? why : "");
+  TORCH_CHECK_VALUE(why == nullptr, "shape (M=", N_(M), ", N=", N_(N), ", K=", N_(K), ") not supported: ", why ? why : "");
   auto padded = [bs, K](int64_t rows) { return ((rows + 127) / 128 * 128) * ((K / bs + 3) / 4 * 4); };
   TORCH_CHECK_VALUE(a_scales.numel() == padded(M) && b_scales.numel() == padded(N),
-                    "scales must be swizzled to the 128x4 layout (", padded(M), " and ", padded(N), " bytes), got ",
-                    a_scales.numel(), " and ", b_scales.numel());
+                    "scales must be swizzled to the 128x4 layout (", N_(padded(M)), " and ", N_(padded(N)), " bytes), got ",
+                    N_(a_scales.numel()), " and ", N_(b_scales.numel()));
   const float* pa = nullptr;
   if (alpha.has_value()) {
     TORCH_CHECK_VALUE(alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1,
