@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _fast
 from .codecs import (check_float_tensor, check_uint8_tensor, decode, decode_table, e8m0_to_float,
                      magnitude_codes)
 from .formats import ELEMENT_FORMATS, Format, get_format
@@ -130,6 +131,15 @@ def quantize_mx(x: torch.Tensor, elem: str = "e2m1", *, block_size: int = 32, sc
     ``scale_mode="stretch"`` (e2m1 only): X = amax's exponent, codes ``encode(fp32(3 * fp32(x / 2^X)))``.
     """
     f, ax = check_mx_args(x, elem, block_size, scale_mode, axis)
+    if f.name == "e2m1":  # a table-driven CPU path with the same bytes (fp4ref/_fast.py, tests/test_fast.py)
+        fast = _fast.quantize_mx_e2m1(x, block_size, scale_mode, ax)
+        if fast is not None:
+            return MXTensor(fast[0], fast[1], f.name, block_size, x.shape, scale_mode, ax)
+    return quantize_mx_reference(x, f, block_size, scale_mode, ax)
+
+
+def quantize_mx_reference(x: torch.Tensor, f: Format, block_size: int, scale_mode: str, ax: int) -> MXTensor:
+    """The plain transcription of SPEC §4 that quantize_mx's fast path is tested against."""
     xm = x.movedim(ax, -1) if ax != x.dim() - 1 else x
     lead, k = xm.shape[:-1], xm.shape[-1]
     xb = xm.reshape(*lead, k // block_size, block_size)
@@ -179,6 +189,12 @@ def dequantize_mx(q: MXTensor, dtype: torch.dtype = torch.float32) -> torch.Tens
     """``decode(code) * 2^(byte - 127)`` exactly in float32 (stretch: ``decode * 2^X / 3`` rounded once); a 0xFF
     scale gives NaN."""
     check_mx_tensor(q)
+    fast = _fast.dequantize_mx_e2m1(q, dtype)
+    return fast if fast is not None else dequantize_mx_reference(q, dtype)
+
+
+def dequantize_mx_reference(q: MXTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The plain transcription of SPEC §4's dequantization that the fast path is tested against."""
     codes = unpack_fp4(q.data.view(torch.uint8)) if q.elem == "e2m1" else q.data.view(torch.uint8)
     lead, k = codes.shape[:-1], codes.shape[-1]
     vals = decode_table(q.elem, codes.device)[codes.long()].view(*lead, k // q.block_size, q.block_size)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _fast
 from .codecs import check_uint8_tensor, decode_table, encode, magnitude_codes
 from .formats import E2M1, E4M3
 from .layouts import as_e4m3, as_float4_x2, pack_fp4, unpack_fp4
@@ -158,6 +159,16 @@ def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None 
     g = check_nvfp4_args(x, global_amax, recipe, block_size)
     if recipe not in _RECIPE_FUNCS:
         raise NotImplementedError(f"recipe={recipe!r} is not implemented yet")
+    kw = {"src_dtype": x.dtype} if recipe == "compressed-tensors" else {}  # CT rounds some steps to x's dtype
+    # A table-driven, chunked CPU path with the same bytes (fp4ref/_fast.py, tests/test_fast.py).
+    fast = _fast.quantize_nvfp4_fast(x, g, _RECIPE_FUNCS[recipe], block_size, **kw)
+    if fast is not None:
+        return NVFP4Tensor(fast[0], fast[1], fast[2].reshape(()), recipe, x.shape, block_size)
+    return quantize_nvfp4_reference(x, g, recipe, block_size)
+
+
+def quantize_nvfp4_reference(x: torch.Tensor, g: torch.Tensor | None, recipe: str, block_size: int) -> NVFP4Tensor:
+    """The plain transcription of SPEC §5 that quantize_nvfp4's fast path is tested against."""
     amax = finite_amax(x) if g is None else g
     lead, k = x.shape[:-1], x.shape[-1]
     xb = x.reshape(*lead, k // block_size, block_size).float()
@@ -196,6 +207,12 @@ def check_nvfp4_tensor(q: object, arg: str = "q") -> NVFP4Tensor:
 def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``fp32(fp32(decode_e2m1(code) * decode_e4m3(s_b)) * global_scale)``; a NaN scale gives NaN."""
     check_nvfp4_tensor(q)
+    fast = _fast.dequantize_nvfp4_fast(q, dtype)
+    return fast if fast is not None else dequantize_nvfp4_reference(q, dtype)
+
+
+def dequantize_nvfp4_reference(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The plain transcription of SPEC §5's dequantization that the fast path is tested against."""
     codes = unpack_fp4(q.data.view(torch.uint8))
     lead, k = codes.shape[:-1], codes.shape[-1]
     vals = decode_table(E2M1, codes.device)[codes.long()].view(*lead, k // q.block_size, q.block_size)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from fp4ref import _fast
-from fp4ref.mx import SCALE_MODES, quantize_mx
-from fp4ref.nvfp4 import _RECIPE_FUNCS, RECIPES, finite_amax, quantize_nvfp4
+from fp4ref.formats import E2M1
+from fp4ref.mx import SCALE_MODES, dequantize_mx_reference, quantize_mx, quantize_mx_reference
+from fp4ref.nvfp4 import (_RECIPE_FUNCS, RECIPES, dequantize_nvfp4_reference, finite_amax, quantize_nvfp4,
+                          quantize_nvfp4_reference)
 
 
 def awkward(seed: int, dtype: torch.dtype, rows: int = 32, cols: int = 256) -> torch.Tensor:
@@ -49,7 +51,7 @@ def test_tables_match_reference_on_every_bf16_pattern():
 def test_mx_e2m1_equals_reference(dtype, mode):
     for seed, axis in ((0, 1), (1, 0)):
         w = awkward(seed, dtype)
-        q = quantize_mx(w, "e2m1", block_size=32, scale_mode=mode, axis=axis)
+        q = quantize_mx_reference(w, E2M1, 32, mode, axis)
         data, scales = _fast.quantize_mx_e2m1(w, 32, mode, axis)
         assert torch.equal(data, q.data) and torch.equal(scales, q.scales)
 
@@ -60,7 +62,7 @@ def test_nvfp4_equals_reference(dtype, recipe):
     kw = {"src_dtype": dtype} if recipe == "compressed-tensors" else {}
     for seed in (0, 1):
         w = awkward(seed, dtype)
-        q = quantize_nvfp4(w, recipe=recipe)
+        q = quantize_nvfp4_reference(w, None, recipe, 16)
         amax = _fast.finite_amax(w)
         assert amax.view(torch.int32) == finite_amax(w).view(torch.int32)
         for a in (amax, None):  # None: the global amax from the block maxima
@@ -68,14 +70,14 @@ def test_nvfp4_equals_reference(dtype, recipe):
             assert torch.equal(data, q.data) and torch.equal(scales, q.scales)
             assert gs.reshape(()).view(torch.int32) == q.global_scale.view(torch.int32)
         finite = w.float().nan_to_num(0.0, 0.0, 0.0).to(dtype)  # the block-maxima amax without non-finite blocks
-        q = quantize_nvfp4(finite, recipe=recipe)
+        q = quantize_nvfp4_reference(finite, None, recipe, 16)
         data, scales, gs = _fast.quantize_nvfp4_fast(finite, None, _RECIPE_FUNCS[recipe], 16, **kw)
         assert torch.equal(data, q.data) and torch.equal(scales, q.scales)
 
 
 def test_chunking_does_not_change_bytes(monkeypatch):
     w = awkward(3, torch.bfloat16, rows=40)
-    q = quantize_mx(w, "e2m1")
+    q = quantize_mx_reference(w, E2M1, 32, "floor", 1)
     monkeypatch.setattr(_fast, "CHUNK_ELEMS", 3 * 256)
     monkeypatch.setattr(_fast, "PARALLEL_CHUNK_ELEMS", 3 * 256)  # 3 rows per chunk, last chunk short
     data, scales = _fast.quantize_mx_e2m1(w, 32, "floor", 1)
@@ -97,7 +99,17 @@ def _same_floats(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_dequantize_equals_reference(out):
     for mode, axis in (("floor", 1), ("stretch", 0), ("rceil", 1)):
         q = quantize_mx(awkward(4, torch.float32), "e2m1", block_size=32, scale_mode=mode, axis=axis)
-        assert _same_floats(_fast.dequantize_mx_e2m1(q, out), q.dequantize(out))
+        assert _same_floats(_fast.dequantize_mx_e2m1(q, out), dequantize_mx_reference(q, out))
     for recipe in RECIPES:
         q = quantize_nvfp4(awkward(5, torch.bfloat16), recipe=recipe)
-        assert _same_floats(_fast.dequantize_nvfp4_fast(q, out), q.dequantize(out))
+        assert _same_floats(_fast.dequantize_nvfp4_fast(q, out), dequantize_nvfp4_reference(q, out))
+
+
+def test_public_functions_take_the_fast_path_and_agree():
+    w = awkward(6, torch.bfloat16)
+    q = quantize_mx(w, "e2m1", scale_mode="rceil")
+    r = quantize_mx_reference(w, E2M1, 32, "rceil", 1)
+    assert torch.equal(q.data, r.data) and torch.equal(q.scales, r.scales)
+    n = quantize_nvfp4(w)
+    m = quantize_nvfp4_reference(w, None, "te", 16)
+    assert torch.equal(n.data, m.data) and torch.equal(n.scales, m.scales)
