@@ -27,13 +27,17 @@ class HessianAccumulator:
         self.d, self.n_tokens = d, 0
         self._sum = torch.zeros(d, d, dtype=dtype, device=device)
 
+    def rows(self, x: object, arg: str = "x") -> torch.Tensor:
+        """``x`` checked (floating point, last dimension d) and reshaped to (-1, d) in the accumulator's dtype."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{arg} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() == 0 or x.shape[-1] != self.d:
+            raise ValueError(f"{arg} must have last dimension d={self.d}, got shape {tuple(x.shape)}")
+        return x.reshape(-1, self.d).to(device=self._sum.device, dtype=self._sum.dtype)
+
     def add(self, x: torch.Tensor) -> None:
         """Adds every row of ``x`` reshaped to (-1, d) as one token."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}")
-        if x.dim() == 0 or x.shape[-1] != self.d:
-            raise ValueError(f"x must have last dimension d={self.d}, got shape {tuple(x.shape)}")
-        x = x.reshape(-1, self.d).to(device=self._sum.device, dtype=self._sum.dtype)
+        x = self.rows(x)
         self._sum.addmm_(x.T, x)
         self.n_tokens += x.shape[0]
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .gptq import HessianAccumulator
+
 ORIGINAL_EXCLUDE = {r"down_proj": 0.0}  # FujitsuResearch/qep never corrects mlp.down_proj
 ORIGINAL_DAMP = 1.0  # the original code's correction damping: 100 % of mean(diag Ĥ) (--percdampqep)
 PAPER_ALPHA = 0.5
@@ -21,41 +23,32 @@ class QEPAccumulator:
     """Accumulates ``Ĥ = (2/n) Σ x̂ x̂ᵀ`` and ``H_δ = (2/n) Σ (x − x̂) x̂ᵀ`` over n tokens, in ``dtype``."""
 
     def __init__(self, d: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"d must be a positive int, got {d!r}")
-        self.d, self.n_tokens = d, 0
-        self._hh = torch.zeros(d, d, dtype=dtype, device=device)
+        self._hat = HessianAccumulator(d, dtype, device)  # Ĥ is GPTQ's Hessian of the quantized-prefix inputs
+        self.d = d
         self._dh = torch.zeros(d, d, dtype=dtype, device=device)
 
-    def _rows(self, x: object, arg: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{arg} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}")
-        if x.dim() == 0 or x.shape[-1] != self.d:
-            raise ValueError(f"{arg} must have last dimension d={self.d}, got shape {tuple(x.shape)}")
-        return x.reshape(-1, self.d).to(device=self._hh.device, dtype=self._hh.dtype)
+    @property
+    def n_tokens(self) -> int:
+        return self._hat.n_tokens
 
     def add(self, x_hat: torch.Tensor, x_full: torch.Tensor) -> None:
         """Adds matching tokens: ``x_hat`` from the quantized prefix, ``x_full`` from the full-precision model."""
-        xh, xf = self._rows(x_hat, "x_hat"), self._rows(x_full, "x_full")
+        xh, xf = self._hat.rows(x_hat, "x_hat"), self._hat.rows(x_full, "x_full")
         if xh.shape != xf.shape:
             raise ValueError(f"x_hat and x_full must hold the same tokens, got shapes {tuple(x_hat.shape)} "
                              f"and {tuple(x_full.shape)}")
-        self._hh.addmm_(xh.T, xh)
+        self._hat.add(xh)
         self._dh.addmm_((xf - xh).T, xh)
-        self.n_tokens += xh.shape[0]
-
-    def _scaled(self, t: torch.Tensor) -> torch.Tensor:
-        if self.n_tokens == 0:
-            raise ValueError("no inputs were added: the Hessians are undefined")
-        return t * (2.0 / self.n_tokens)
 
     @property
     def H(self) -> torch.Tensor:
-        return self._scaled(self._hh)
+        return self._hat.H
 
     @property
     def H_delta(self) -> torch.Tensor:
-        return self._scaled(self._dh)
+        if self.n_tokens == 0:
+            raise ValueError("no inputs were added: H_delta is undefined")
+        return self._dh * (2.0 / self.n_tokens)
 
 
 def qep_target(W: torch.Tensor, H_hat: torch.Tensor, H_delta: torch.Tensor, alpha: float = PAPER_ALPHA,
