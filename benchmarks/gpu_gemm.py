@@ -17,45 +17,7 @@ import sys
 
 import torch
 
-
-def _time_eager_us(fn, iters: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / iters
-
-
-def _time_graph_us(fn, iters: int, per_graph: int = 10) -> float:
-    """GPU time per call with the host out of the way: `per_graph` calls captured in one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(per_graph):
-            fn()
-    graph.replay()
-    reps = max(1, iters // per_graph)
-    return _time_eager_us(graph.replay, reps, warmup=1) / per_graph
-
-
-def _time_us(fn, iters: int) -> tuple[float, float]:
-    """(graph µs, eager µs); graph is NaN where capture fails."""
-    eager = _time_eager_us(fn, iters)
-    try:
-        graph = _time_graph_us(fn, iters)
-    except RuntimeError:
-        graph = float("nan")
-    return graph, eager
+from gpu_timing import time_us as _time_us
 
 
 def _fp8_rowwise(x: torch.Tensor, w: torch.Tensor):
@@ -76,6 +38,15 @@ def _fp8_rowwise(x: torch.Tensor, w: torch.Tensor):
         return None
 
 
+def _linear_with(cg, kernel: str, x, w):
+    """fp4_linear with the small-M kernel's data path forced to `kernel` ("registers" or "pipelined")."""
+    saved, cg.SMALL_M_KERNEL = cg.SMALL_M_KERNEL, kernel
+    try:
+        return cg.fp4_linear(x, w)
+    finally:
+        cg.SMALL_M_KERNEL = saved
+
+
 def _rows_for(m: int, x: torch.Tensor, w16: torch.Tensor, wq: dict, quant: dict, iters: int, first: bool) -> list:
     """(M, name, (graph µs, eager µs), flop, bf16 graph µs) rows for one batch size."""
     import fp4ref_cuda.gemm as cg
@@ -93,6 +64,9 @@ def _rows_for(m: int, x: torch.Tensor, w16: torch.Tensor, wq: dict, quant: dict,
         calls = {"fp4_mm (fp32 out)": lambda xq=xq, wf=wf: cg.fp4_mm(xq, wf),
                  "fp4_mm (bf16 out)": lambda xq=xq, wf=wf: cg.fp4_mm(xq, wf, out_dtype=torch.bfloat16),
                  "fp4_linear (bf16 x)": lambda wf=wf: cg.fp4_linear(x16, wf)}
+        if m <= cg.SMALL_M:
+            for kernel in ("registers", "pipelined"):
+                calls[f"fp4_linear, {kernel} kernel"] = lambda wf=wf, kernel=kernel: _linear_with(cg, kernel, x16, wf)
         rows += [(m, f"{fmt} {name}", _time_us(fn, iters), flop, t_bf16[0]) for name, fn in calls.items()]
         if first:
             rows.append((0, f"{fmt} dequant W {n}x{k} -> bf16 only",

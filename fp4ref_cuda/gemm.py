@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from types import ModuleType
 
 import torch
@@ -25,6 +26,12 @@ from fp4ref.mx import MXTensor
 from fp4ref.nvfp4 import NVFP4Tensor
 
 SMALL_M = 16  # largest batch served by the weight-only register-dequant kernel
+# Data path of that kernel: "registers" (W loaded one chunk ahead into registers; measured on an H200) or
+# "pipelined" (a cp.async pipeline through shared memory: identical bits, built to keep more bytes in flight,
+# not yet measured on a GPU; docs/cuda_gemm.md). Read once at import from FP4REF_SMALL_M_KERNEL.
+SMALL_M_KERNEL = os.environ.get("FP4REF_SMALL_M_KERNEL", "registers")
+if SMALL_M_KERNEL not in ("registers", "pipelined"):
+    raise ValueError(f"FP4REF_SMALL_M_KERNEL must be 'registers' or 'pipelined', got {SMALL_M_KERNEL!r}")
 _FAST_OUT = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -131,7 +138,7 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
     if m <= SMALL_M:
         data, scales, e4m3 = _operand(b)
         return _ops().gemm_fp4_linear_small(dequantize_bf16(a), data, scales, b.block_size, e4m3, alpha, div,
-                                            out_dtype)
+                                            out_dtype, SMALL_M_KERNEL == "pipelined")
     direct = out_dtype == torch.float32 or (out_dtype == torch.bfloat16 and div == 1.0)
     out = _ops().gemm_bf16_cublas(dequantize_bf16(a), dequantize_bf16(b), alpha,
                                   out_dtype if direct else torch.float32)
@@ -162,7 +169,8 @@ def fp4_linear(x: torch.Tensor, w: MXTensor | NVFP4Tensor, bias: torch.Tensor | 
         y = torch.zeros(m, n, dtype=out_dtype, device=x.device)
     elif m <= SMALL_M:
         data, scales, e4m3 = _operand(w)
-        y = _ops().gemm_fp4_linear_small(x2, data, scales, w.block_size, e4m3, alpha, div, out_dtype)
+        y = _ops().gemm_fp4_linear_small(x2, data, scales, w.block_size, e4m3, alpha, div, out_dtype,
+                                         SMALL_M_KERNEL == "pipelined")
     else:
         direct = div == 1.0
         y = _ops().gemm_bf16_cublas(x2, dequantize_bf16(w), alpha, out_dtype if direct else torch.float32)
@@ -186,7 +194,7 @@ def _register_fakes() -> None:
     reg("gemm_dequant_bf16", lambda data, scales, block_size, e4m3:
         data.new_empty((data.shape[0], data.shape[1] * 2), dtype=torch.bfloat16))
     reg("gemm_bf16_cublas", lambda a, b, alpha, out_dtype: a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype))
-    reg("gemm_fp4_linear_small", lambda x, w, w_scales, block_size, e4m3, alpha, divisor, out_dtype:
+    reg("gemm_fp4_linear_small", lambda x, w, w_scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined=False:
         x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype))
     for arch in ("sm100a", "sm120a"):
         if _module(f"_gemm_{arch}") is not None:
@@ -197,4 +205,4 @@ def _register_fakes() -> None:
 if _module("_gemm_sm90") is not None:
     _register_fakes()
 
-__all__ = ["SMALL_M", "cutlass_supported", "dequantize_bf16", "fp4_linear", "fp4_mm"]
+__all__ = ["SMALL_M", "SMALL_M_KERNEL", "cutlass_supported", "dequantize_bf16", "fp4_linear", "fp4_mm"]

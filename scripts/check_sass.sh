@@ -2,7 +2,8 @@
 # Checks that the built FP4 GEMM extension modules contain the tensor-core instructions they exist for:
 #   fp4ref_cuda/_gemm_sm100a*.so : only an sm_100a cubin, with UTCOMMA/UTCQMMA (tcgen05.mma block-scaled FP4)
 #   fp4ref_cuda/_gemm_sm120a*.so : only an sm_120a cubin, with OMMA.SF (mma.sync kind::mxf4nvf4.block_scale)
-#   fp4ref_cuda/_gemm_sm90*.so   : an sm_90a cubin with HMMA.16816.F32.BF16 (the small-M kernel's mma.sync)
+#   fp4ref_cuda/_gemm_sm90*.so   : an sm_90a cubin with HMMA.16816.F32.BF16 (the small-M kernels' mma.sync)
+#                                  and LDGSTS.E.BYPASS.128 (the pipelined small-M kernel's cp.async)
 # Needs no GPU. cuobjdump and nvdisasm (PyPI nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm): $CUOBJDUMP, else the nvidia-cuda-cuobjdump wheel, else $CUDA_HOME/bin or PATH.
 # A missing module is skipped, unless FP4REF_REQUIRE_CUTLASS=1 (CI after FP4REF_BUILD_CUTLASS=1) for the
 # Blackwell ones. Exit status 1 on any failed check.
@@ -67,6 +68,7 @@ check() {
 
 req=${FP4REF_REQUIRE_CUTLASS:-0}
 check sm90 sm_90a 'HMMA\.16816\.F32\.BF16' 0
+check sm90 sm_90a 'LDGSTS\.E\.BYPASS\.128' 0  # the pipelined small-M kernel's cp.async.cg (16 bytes)
 check sm100a sm_100a 'UTC(Q)?OMMA|UTCQMMA' "$req"
 check sm120a sm_120a 'OMMA\.SF' "$req"
 exit $fail

@@ -208,6 +208,33 @@ def test_quantize_mx_float32_and_generic_blocks(ops, elem, mode):
         check_mx(ops, y, elem, mode, block_size=3)
 
 
+def every_code_every_byte(block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed E2M1 data and scale bytes for 256 blocks (one per scale byte 0..255), each block holding the 16
+    codes in a different rotation, repeated: every (code, byte) pair at several positions."""
+    b = torch.arange(256)
+    codes = (torch.arange(block)[None, :] + b[:, None]) % 16
+    return layouts.pack_fp4(codes.to(torch.uint8)), b.to(torch.uint8)[:, None]
+
+
+@pytest.mark.parametrize("stretch", [False, True])
+def test_dequantize_mx_every_code_and_byte(ops, stretch):
+    """The dequantizer's fast (table) and NaN-block paths: every E2M1 code times every E8M0 byte, 0xFF included."""
+    data, scales = every_code_every_byte(32)
+    q = mx.MXTensor(data, scales, "e2m1", 32, torch.Size([256, 32]), "stretch" if stretch else "floor", 1)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.dequantize_mx(q, dtype), mx.dequantize_mx(q, dtype))
+
+
+@pytest.mark.parametrize("gs", [1.0, 2.0**-20, 2.0**-140, 3.0e38, math.inf, math.nan, -0.5])
+def test_dequantize_nvfp4_every_code_and_byte(ops, gs):
+    """Every E2M1 code times every E4M3 byte (the NaN codes 0x7F/0xFF included) times a global scale, from the
+    ordinary to the overflowing, underflowing, Inf, NaN and negative."""
+    data, scales = every_code_every_byte(16)
+    q = nvfp4.NVFP4Tensor(data, scales, torch.tensor(gs, dtype=torch.float32), "te", torch.Size([256, 16]), 16)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.dequantize_nvfp4(q, dtype), nvfp4.dequantize_nvfp4(q, dtype))
+
+
 def test_scale_byte_float32_sweep(low):
     """Scale bytes for amax over every exponent with mantissas at the rounding edges (all modes, formats)."""
     ms = torch.tensor([0, 1, 0x1FFFFF, 0x200000, 0x200001, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000,
@@ -253,6 +280,8 @@ def test_quantize_nvfp4_generic_block_and_shapes(ops):
     check_nv(ops, x)
     check_nv(ops, x, block_size=32)
     check_nv(ops, x[..., :34], block_size=2)
+    check_nv(ops, x[..., :48])  # 15 rows of 3 blocks: the tiles of two blocks end on a half tile
+    check_nv(ops, x[:1, :1, :16])  # one block: only the half tile
 
 
 def test_te_encode_scale(low):
@@ -316,6 +345,11 @@ def test_hadamard_quantize_odd_rows(ops):
     x = rotation_input(torch.bfloat16, rows=131, k=64, seed=5)
     got, blocked = ops.hadamard_quantize(x, "nvfp4", hadamard_block=64, swizzle=True)
     want = reference_hadamard_quantize(x, "nvfp4", 64, None, None, None)
+    codes_equal(got.data, want.data)
+    codes_equal(blocked, layouts.swizzle_scales(want.scales))
+    y = rotation_input(torch.bfloat16, rows=5, k=48, seed=6)  # NVFP4 tiles of 32 ending on a half tile
+    got, blocked = ops.hadamard_quantize(y, "nvfp4", hadamard_block=16, swizzle=True)
+    want = reference_hadamard_quantize(y, "nvfp4", 16, None, None, None)
     codes_equal(got.data, want.data)
     codes_equal(blocked, layouts.swizzle_scales(want.scales))
     v = x[3]

@@ -341,6 +341,75 @@ def test_fp4_linear_exact_small_integers():
         assert torch.equal(y.view(torch.int16), ref.view(torch.int16))
 
 
+def _small(x, w, pipelined: bool, out_dtype=torch.float32):
+    data, scales = w.data.view(torch.uint8), w.scales.view(torch.uint8)
+    nv = isinstance(w, NVFP4Tensor)
+    alpha = w.global_scale.float().reshape(1).cuda() if nv else None
+    div = 3.0 if getattr(w, "scale_mode", "") == "stretch" else 1.0
+    return torch.ops.fp4ref_cuda.gemm_fp4_linear_small(x, data, scales, w.block_size, nv, alpha, div, out_dtype,
+                                                       pipelined)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    view = torch.int32 if a.element_size() == 4 else torch.int16
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a.view(view), b.view(view)), f"{int((a.view(view) != b.view(view)).sum())} outputs differ"
+
+
+@gpu
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 16), n=st.integers(1, 300), kh=st.integers(1, 90),
+       fmt=st.sampled_from(["mx", "nv", "mx-stretch", "mx16", "nv32"]),
+       out_dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**31 - 1),
+       spread=st.integers(0, 30))
+def test_pipelined_small_m_kernel_gives_the_register_kernels_bits(m, n, kh, fmt, out_dtype, seed, spread):
+    """The cp.async pipeline kernel and the register kernel share the work split and the arithmetic: identical
+    outputs, bit for bit, for both scale formats and block sizes 16 and 32, scales above and below 2 (the
+    pipelined kernel's one-multiply branch), NaN blocks (K % 32 == 16 takes the register kernel on both sides)."""
+    g = torch.Generator().manual_seed(seed)
+    bs = {"mx16": 16, "nv32": 32}.get(fmt, 16 if fmt == "nv" else 32)
+    k = 16 * kh if bs == 16 else 32 * ((kh + 1) // 2)
+    mode = "stretch" if fmt == "mx-stretch" else "floor"
+    x = (torch.randn(m, k, generator=g) * 2.0 ** torch.randint(-spread, spread + 1, (m, 1), generator=g))
+    wt = torch.randn(n, k, generator=g) * 2.0 ** torch.randint(-spread, spread + 1, (n, 1), generator=g)
+    if seed % 5 == 0:
+        wt[seed % n, (seed // 7) % k] = float("nan")  # a NaN block
+    if fmt.startswith("mx"):
+        w = quantize_mx(wt.cuda(), "e2m1", block_size=bs, scale_mode=mode)
+    else:
+        w = quantize_nvfp4(wt.cuda(), block_size=bs)
+    xb = x.to(torch.bfloat16).cuda()
+    _same_bits(_small(xb, w, True, out_dtype), _small(xb, w, False, out_dtype))
+
+
+@gpu
+@pytest.mark.parametrize("fmt", ["mx", "nv"])
+@pytest.mark.parametrize("m", [1, 8, 9, 16])
+@pytest.mark.parametrize("k", [8192, 4096 + 32 * 3])
+def test_pipelined_small_m_kernel_long_k(fmt, m, k):
+    """Long K: many chunks per warp (the pipeline wraps around its stages), an uneven split over the warps."""
+    g = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16).cuda()
+    w = _quant(torch.randn(200, k, generator=g).cuda(), fmt)
+    got = _small(x, w, True)
+    _same_bits(got, _small(x, w, False))
+    wd = w.dequantize().double()
+    _assert_within_bound(got, x.double() @ wd.T, x.double().abs() @ wd.abs().T, k)
+
+
+@gpu
+def test_fp4_linear_uses_the_selected_small_m_kernel(monkeypatch):
+    import fp4ref_cuda.gemm as cg
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 512, generator=g).to(torch.bfloat16).cuda()
+    w = _quant(torch.randn(64, 512, generator=g).cuda(), "nv")
+    monkeypatch.setattr(cg, "SMALL_M_KERNEL", "pipelined")
+    y_pipe = cg.fp4_linear(x, w)
+    monkeypatch.setattr(cg, "SMALL_M_KERNEL", "registers")
+    _same_bits(y_pipe, cg.fp4_linear(x, w))
+
+
 # --- GPU: dispatch and errors ------------------------------------------------------------------------------
 @gpu
 def test_ops_dispatch_uses_the_cuda_kernels():

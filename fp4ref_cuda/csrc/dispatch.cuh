@@ -160,8 +160,14 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       ex.run(n / qb, [=] FP4_LAMBDA(int64_t i) { quant_block_generic<In>(xi, i, qb, kind, p); });
     } else if constexpr (NV) {
       FP4_DISPATCH_FUSED(hb, HB, {
-        constexpr int T = HB > 16 ? HB : 16;
+        // Two or more blocks per tile: the per-tile work (S_enc and S_dec from A, two IEEE divisions) is
+        // shared. A last half tile (n % 32 == 16, only without a rotation wider than 16) is a 16-element tile.
+        constexpr int T = HB > 32 ? HB : 32;
         ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p); });
+        if constexpr (HB <= 16) {
+          const int64_t last = n / 16;
+          if (n % T) ex.run(1, [=] FP4_LAMBDA(int64_t) { quant_tile<In, 16, HB, 16, NV_TE>(xi, last - 1, p); });
+        }
       })
     } else if (kind == MX_ANY) {
       ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, 32, 1, 32, MX_ANY>(xi, i, p); });

@@ -155,7 +155,7 @@ at::Tensor bf16_cublas(const at::Tensor& a, const at::Tensor& b, const std::opti
 
 at::Tensor fp4_linear_small(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scales, int64_t block_size,
                             bool e4m3, const std::optional<at::Tensor>& alpha, double divisor,
-                            at::ScalarType out_dtype) {
+                            at::ScalarType out_dtype, bool pipelined) {
   const int64_t K = check_fp4_operand(w, w_scales, block_size, "w");
   TORCH_CHECK_VALUE(K < (int64_t{1} << 31), "K must be below 2^31");
   check_cuda(x, "x");
@@ -180,7 +180,7 @@ at::Tensor fp4_linear_small(const at::Tensor& x, const at::Tensor& w, const at::
                                              static_cast<const uint8_t*>(w.data_ptr()),
                                              static_cast<const uint8_t*>(w_scales.data_ptr()), w.size(0), K,
                                              static_cast<int>(block_size), e4m3, pa, static_cast<float>(divisor),
-                                             out.data_ptr(), kind, c10::cuda::getCurrentCUDAStream()),
+                                             out.data_ptr(), kind, pipelined, c10::cuda::getCurrentCUDAStream()),
                "fp4_linear_small");
   return out;
 }
@@ -191,7 +191,7 @@ TORCH_LIBRARY_FRAGMENT(fp4ref_cuda, m) {
   m.def("gemm_dequant_bf16(Tensor data, Tensor scales, int block_size, bool e4m3) -> Tensor");
   m.def("gemm_bf16_cublas(Tensor a, Tensor b, Tensor? alpha, ScalarType out_dtype) -> Tensor");
   m.def("gemm_fp4_linear_small(Tensor x, Tensor w, Tensor w_scales, int block_size, bool e4m3, Tensor? alpha, "
-        "float divisor, ScalarType out_dtype) -> Tensor");
+        "float divisor, ScalarType out_dtype, bool pipelined=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fp4ref_cuda, CUDA, m) {

@@ -17,8 +17,10 @@ cudaError_t dequant_fp4_bf16(const uint8_t* data, const uint8_t* scales, void* o
 // Weight-only small-batch GEMM, dequantizing W in registers:
 // out[m, n] = fp32(Σ_k x[m, k] · w[n, k]) · alpha / divisor, for M <= 16 rows of bf16 x (row-major, ld K),
 // W (N, K) packed FP4 with per-block scales as above. `alpha` is a device float or null (1).
+// `pipelined` asks for the cp.async pipeline kernel (same bits; taken where K % 32 == 0 and x, w are
+// 16-byte aligned, else the register kernel runs).
 cudaError_t fp4_linear_small(const void* x, int M, const uint8_t* w, const uint8_t* w_scales, int64_t N,
                              int64_t K, int block_size, bool e4m3, const float* alpha, float divisor,
-                             void* out, int out_kind, cudaStream_t stream);
+                             void* out, int out_kind, bool pipelined, cudaStream_t stream);
 
 }  // namespace fp4ref_gemm

@@ -81,10 +81,22 @@ FP4_HD void copy_bytes(void* dst, const void* src) {
 // Loads T elements of type In (vectorized) and widens them to float32 (exact).
 template <typename In, int T>
 FP4_HD void load_tile(const In* src, float* v) {
-  alignas(16) In raw[T];
-  copy_bytes<T * (int)sizeof(In)>(raw, src);
-  FP4_UNROLL
-  for (int j = 0; j < T; ++j) v[j] = to_f32(raw[j]);
+  if constexpr (std::is_same_v<In, bf16_t> && T % 2 == 0) {
+    // Two bf16 per 32-bit word, element 2i in the low half: one shift or one mask per element (the
+    // one-at-a-time widening costs the GPU's half-rate integer pipe a byte permute and a shift each).
+    alignas(16) uint32_t w[T / 2];
+    copy_bytes<T * 2>(w, src);
+    FP4_UNROLL
+    for (int i = 0; i < T / 2; ++i) {
+      v[2 * i] = u2f(w[i] << 16);
+      v[2 * i + 1] = u2f(w[i] & 0xFFFF0000u);
+    }
+  } else {
+    alignas(16) In raw[T];
+    copy_bytes<T * (int)sizeof(In)>(raw, src);
+    FP4_UNROLL
+    for (int j = 0; j < T; ++j) v[j] = to_f32(raw[j]);
+  }
 }
 
 // ---- codecs ------------------------------------------------------------------------------------------
@@ -245,12 +257,19 @@ FP4_HD void store_scale(const QuantParams& p, int64_t block, uint32_t byte) {
 }
 
 // max |v| over N floats, NaN if any is NaN: its bits are >= 0x7F800000 exactly for NaN/Inf blocks.
+// A pairwise tree, not a chain: max is exact and associative (NaN included), and the tree's depth is
+// log2(N) dependent instructions instead of N.
 template <int N>
 FP4_HD uint32_t block_amax_bits(const float* v) {
-  float m = 0.0f;
+  float m[N];
   FP4_UNROLL
-  for (int j = 0; j < N; ++j) m = fmax_nan(m, fabsf(v[j]));
-  return f2u(m);
+  for (int j = 0; j < N; ++j) m[j] = fabsf(v[j]);
+  FP4_UNROLL
+  for (int h = 1; h < N; h *= 2) {
+    FP4_UNROLL
+    for (int j = 0; j < N; j += 2 * h) m[j] = fmax_nan(m[j], m[j + h]);
+  }
+  return f2u(m[0]);
 }
 
 // quantize tile t: T = max(HB, QB) elements, T / QB blocks. E2M1 codes are packed 8 per word, element 8w
@@ -350,6 +369,69 @@ FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, cons
 }
 
 // ---- dequantizers ------------------------------------------------------------------------------------
+// __byte_perm(a, b, s) (PTX prmt): output byte i is byte (s >> 4i) & 7 of the 8-byte value (b:a). Only
+// selectors without the sign-replicate bit (3) are used here.
+FP4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, s);
+#else
+  const uint64_t ab = ((uint64_t)b << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= (uint32_t)((ab >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+  return r;
+#endif
+}
+
+// Dequantize QB packed E2M1 codes of one block to a 16-bit float type by table lookup. val(code) for the 8
+// magnitudes is computed once per block exactly as the per-element path would (one product, or two for
+// NVFP4, then the 16-bit rounding); a negative code gives the same value with the sign bit flipped (an
+// E4M3 scale may itself be negative), since every step (IEEE products, the RNE conversion) is
+// sign-symmetric once NaN is excluded. The low and high bytes
+// of the 8 table entries sit in two register pairs, and one prmt looks up 4 codes at once. Returns false,
+// writing nothing, where an entry is NaN (a NaN scale, or 0 * Inf): the caller then takes the per-element
+// path, which gives NaN its device's usual bits.
+template <typename Out, int QB>
+FP4_HD bool dequant_e2m1_by_table(const uint8_t* raw, float hs, float gs, bool nv, Out* out) {
+  float t[8];
+  float nan_any = 0.0f;
+  FP4_UNROLL
+  for (int m = 0; m < 8; ++m) {
+    t[m] = fmul(decode_e2m1_x2(m), hs);
+    if (nv) t[m] = fmul(t[m], gs);
+    nan_any = fmax_nan(nan_any, t[m]);
+  }
+  if (nan_any != nan_any) return false;
+  alignas(16) Out o[8];
+  convert_out<8>(t, o);
+  uint32_t w[4];  // entries (2i, 2i + 1) as one word
+  FP4_UNROLL
+  for (int i = 0; i < 4; ++i) w[i] = (uint32_t)o[2 * i].bits | ((uint32_t)o[2 * i + 1].bits << 16);
+  const uint32_t lo0 = byte_perm(w[0], w[1], 0x6420), lo1 = byte_perm(w[2], w[3], 0x6420);  // low bytes
+  const uint32_t hi0 = byte_perm(w[0], w[1], 0x7531), hi1 = byte_perm(w[2], w[3], 0x7531);  // high bytes
+  alignas(16) uint32_t res[QB / 2];
+  alignas(16) uint32_t q[QB / 8];
+  copy_bytes<QB / 2>(q, raw);
+  FP4_UNROLL
+  for (int wd = 0; wd < QB / 8; ++wd) {  // word wd: codes 8wd .. 8wd+7, code 8wd + j in nibble j
+    const uint32_t mag = q[wd] & 0x77777777u, sign = q[wd] & 0x88888888u;
+    FP4_UNROLL
+    for (int h = 0; h < 2; ++h) {  // codes 4h .. 4h+3 of the word
+      const uint32_t sel = mag >> (16 * h), sg = sign >> (16 * h);
+      const uint32_t L = byte_perm(lo0, lo1, sel), H = byte_perm(hi0, hi1, sel);
+      FP4_UNROLL
+      for (int k = 0; k < 2; ++k) {  // output word: codes 4h+2k (low half), 4h+2k+1 (high half)
+        const uint32_t v = byte_perm(L, H, k ? 0x7362u : 0x5140u);
+        // sign bits 8k+3 and 8k+7 of sg to bits 15 and 31, by one multiply (no carries: the masked
+        // bits' images land on distinct positions, and only bits 15 and 31 are kept)
+        const uint32_t sb = ((sg >> (8 * k)) & 0x88u) * 0x01001000u;
+        res[wd * 4 + h * 2 + k] = v ^ (sb & 0x80008000u);
+      }
+    }
+  }
+  copy_bytes<QB * 2>(out, res);
+  return true;
+}
+
 // Dequantize block `blk` of QB elements (packed e2m1 unless MX_ANY).
 template <typename Out, int QB, int KIND>
 FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
@@ -361,6 +443,10 @@ FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
   const float gs = KIND == NV_TE ? *p.global_scale : 1.0f;
   // half the block scale (exact: a power of two or an E4M3 value, halved), times 2 * e2m1 below
   const float hs = fmul(KIND == NV_TE ? decode_e4m3(byte) : decode_e8m0(byte), 0.5f);
+  if constexpr (KIND != MX_ANY && !std::is_same_v<Out, float>) {
+    if ((KIND == NV_TE || !p.stretch) && dequant_e2m1_by_table<Out, QB>(raw, hs, gs, KIND == NV_TE, out + blk * QB))
+      return;
+  }
   float vals[QB];
   FP4_UNROLL
   for (int j = 0; j < QB; ++j) {
