@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 INT_OPS = ("LOP3", "IADD3", "SHF", "PRMT", "IMAD", "LEA", "VIADD", "ISETP", "SEL", "VIMNMX", "IMNMX", "I2F",
            "F2I", "POPC", "FLO", "BMSK", "SGXT")
-PER_TILE = {"probe_mx_quant": 32, "probe_nv_quant": 32, "probe_had32_mx_quant": 32, "probe_mx_dequant_table": 32,
+PER_TILE = {"probe_mx_quant": 32, "probe_nv_quant": 32, "probe_had32_mx_quant": 32,
+            "probe_had128_mx_quant_lanes": 32, "probe_had128_mx_quant_one": 128, "probe_mx_dequant_table": 32,
             "probe_nv_dequant_table": 16, "probe_mx_dequant_tile": 32,
             # one lane's share of one 128-wide chunk of the small-M GEMM: 64 rows x 128 k / 32 lanes
             "probe_chunk_m8_one_mul": 256, "probe_chunk_m8_two_mul": 256, "probe_chunk_m16_one_mul": 256}
@@ -52,6 +53,7 @@ def main() -> int:
     nvcc = Path(cuda_home) / "bin" / "nvcc"
     tool = cuobjdump()
     env = dict(os.environ, PATH=f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    regs: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "probe.cubin"
         subprocess.run([str(nvcc), "-O3", "-std=c++20", "--extended-lambda", "--expt-relaxed-constexpr",
@@ -60,6 +62,12 @@ def main() -> int:
                        check=True)
         sass = subprocess.run([tool, "-sass", str(cubin)], check=True, capture_output=True, text=True,
                               env=env).stdout
+        usage = subprocess.run([tool, "--dump-resource-usage", str(cubin)], check=True, capture_output=True,
+                               text=True, env=env).stdout
+    for m in re.finditer(r"Function (\S+):\s*REG:(\d+)", usage):
+        name = next((p for p in PER_TILE if p in m.group(1)), None)
+        if name:
+            regs[name] = int(m.group(2))
     funcs: dict[str, list[str]] = {}
     cur = None
     for line in sass.splitlines():
@@ -71,11 +79,15 @@ def main() -> int:
         m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
         if cur and m and m.group(2).split(".")[0] not in ("NOP", "EXIT", "BRA"):
             funcs[cur].append(m.group(2).split(".")[0])
-    print(f"{'probe':<26} {'elements':>8} {'instr':>6} {'int-pipe':>8} {'instr/elem':>10} {'int/elem':>9}")
+    version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    print(f"# SASS of benchmarks/sass_probe.cu and fp4ref_cuda/csrc/gemm_sm90.cu for sm_90a ({version[-1]}); "
+          "static counts, no GPU involved")
+    print(f"{'probe':<28} {'elements':>8} {'instr':>6} {'int':>5} {'instr/elem':>10} {'int/elem':>9} {'regs':>5}")
     for name, n in PER_TILE.items():
         ops = funcs.get(name, [])
         ints = sum(op in INT_OPS for op in ops)
-        print(f"{name:<26} {n:>8} {len(ops):>6} {ints:>8} {len(ops) / n:>10.1f} {ints / n:>9.1f}")
+        print(f"{name:<28} {n:>8} {len(ops):>6} {ints:>5} {len(ops) / n:>10.1f} {ints / n:>9.1f} "
+              f"{regs.get(name, 0):>5}")
     print()
     print(f"{'small-M GEMM main loop (per chunk, lane)':<58} {'instr':>6} {'int':>5} {'HMMA':>5}")
     for name, body in gemm_loops(sass):

@@ -16,6 +16,14 @@ __global__ void probe_had32_mx_quant(const bf16_t* x, uint8_t* data, uint8_t* sc
   QuantParams p{E2M1, FLOOR, nullptr, 0, 0.17677669f, nullptr, nullptr, data, scales, nullptr, 256};
   quant_tile<bf16_t, 32, 32, 32, MX_E2M1>(x, blockIdx.x * 256 + threadIdx.x, p);
 }
+__global__ void probe_had128_mx_quant_lanes(const bf16_t* x, uint8_t* data, uint8_t* scales) {
+  QuantParams p{E2M1, FLOOR, nullptr, 0, 0.088388346f, nullptr, nullptr, data, scales, nullptr, 256};
+  quant_tile_lanes<bf16_t, 128, 32, MX_E2M1>(x, blockIdx.x * 256 + threadIdx.x, int64_t{1} << 40, p);
+}
+__global__ void probe_had128_mx_quant_one(const bf16_t* x, uint8_t* data, uint8_t* scales) {
+  QuantParams p{E2M1, FLOOR, nullptr, 0, 0.088388346f, nullptr, nullptr, data, scales, nullptr, 256};
+  quant_tile<bf16_t, 128, 128, 32, MX_E2M1>(x, blockIdx.x * 256 + threadIdx.x, p);
+}
 __global__ void probe_mx_dequant_table(const uint8_t* data, const uint8_t* scales, bf16_t* out) {
   const int64_t blk = blockIdx.x * 256 + threadIdx.x;
   const float hs = fmul(decode_e8m0(scales[blk]), 0.5f);

@@ -14,6 +14,17 @@
 #endif
 
 namespace fp4ref {
+// Rotations of 64 to 256 (fused with a quantizer: 64 and 128) split each block over HB / 32 threads that
+// exchange through warp shuffles (rotated_lanes) in the CUDA build; the CPU build runs the one-thread tile,
+// the same arithmetic.
+#if defined(__CUDACC__)
+constexpr bool kLaneSplitRotations = true;
+#else
+constexpr bool kLaneSplitRotations = false;
+#endif
+}  // namespace fp4ref
+
+namespace fp4ref {
 
 #define FP4_DISPATCH_IN(dtype, IN, ...)                 \
   switch (dtype) {                                      \
@@ -117,16 +128,23 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_FUSED(hb, HB, {
-      // A tile of T >= 16 elements holds T / HB whole rotation blocks (HB == 1: no rotation).
-      constexpr int T = HB < 16 ? 16 : HB;
-      ex.reduce_max(n / T, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
-        return finite_amax_tile<In, T, HB>(xi, i, signs, sign_len, rscale);
-      });
-      const int64_t done = n / T * T;  // the tail: whole rotation blocks (or single elements)
-      const int64_t first = done / HB;
-      ex.reduce_max((n - done) / HB, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
-        return finite_amax_tile<In, HB, HB>(xi, first + i, signs, sign_len, rscale);
-      });
+      if constexpr (HB >= 64 && kLaneSplitRotations) {
+        const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
+        ex.reduce_max((tiles + 31) / 32 * 32, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
+          return finite_amax_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale);
+        });
+      } else {
+        // A tile of T >= 16 elements holds T / HB whole rotation blocks (HB == 1: no rotation).
+        constexpr int T = HB < 16 ? 16 : HB;
+        ex.reduce_max(n / T, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
+          return finite_amax_tile<In, T, HB>(xi, i, signs, sign_len, rscale);
+        });
+        const int64_t done = n / T * T;  // the tail: whole rotation blocks (or single elements)
+        const int64_t first = done / HB;
+        ex.reduce_max((n - done) / HB, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
+          return finite_amax_tile<In, HB, HB>(xi, first + i, signs, sign_len, rscale);
+        });
+      }
     })
   })
   return ex.status();
@@ -138,7 +156,12 @@ int do_hadamard(Exec& ex, int dtype, const void* x, float* out, int64_t n, int h
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_POW2(hb, HB, {
-      if constexpr (HB > 1) {
+      if constexpr (HB >= 64 && kLaneSplitRotations) {
+        const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
+        ex.run((tiles + 31) / 32 * 32, [=] FP4_LAMBDA(int64_t i) {
+          hadamard_tile_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale, out);
+        });
+      } else if constexpr (HB > 1) {
         ex.run(n / HB, [=] FP4_LAMBDA(int64_t i) { hadamard_tile<In, HB>(xi, i, signs, sign_len, rscale, out); });
       }
     })
@@ -160,21 +183,32 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       ex.run(n / qb, [=] FP4_LAMBDA(int64_t i) { quant_block_generic<In>(xi, i, qb, kind, p); });
     } else if constexpr (NV) {
       FP4_DISPATCH_FUSED(hb, HB, {
-        // Two or more blocks per tile: the per-tile work (S_enc and S_dec from A, two IEEE divisions) is
-        // shared. A last half tile (n % 32 == 16, only without a rotation wider than 16) is a 16-element tile.
-        constexpr int T = HB > 32 ? HB : 32;
-        ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p); });
-        if constexpr (HB <= 16) {
-          const int64_t last = n / 16;
-          if (n % T) ex.run(1, [=] FP4_LAMBDA(int64_t) { quant_tile<In, 16, HB, 16, NV_TE>(xi, last - 1, p); });
+        if constexpr (HB >= 64 && kLaneSplitRotations) {
+          const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
+          ex.run((tiles + 31) / 32 * 32, [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p); });
+        } else {
+          // Two or more blocks per tile: the per-tile work (S_enc and S_dec from A, two IEEE divisions) is
+          // shared. A last half tile (n % 32 == 16, only without a rotation wider than 16) is 16 elements.
+          constexpr int T = HB > 32 ? HB : 32;
+          ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p); });
+          if constexpr (HB <= 16) {
+            const int64_t last = n / 16;
+            if (n % T) ex.run(1, [=] FP4_LAMBDA(int64_t) { quant_tile<In, 16, HB, 16, NV_TE>(xi, last - 1, p); });
+          }
         }
       })
     } else if (kind == MX_ANY) {
       ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, 32, 1, 32, MX_ANY>(xi, i, p); });
     } else {
       FP4_DISPATCH_FUSED(hb, HB, {
-        constexpr int T = HB > 32 ? HB : 32;
-        ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 32, MX_E2M1>(xi, i, p); });
+        if constexpr (HB >= 64 && kLaneSplitRotations) {
+          const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
+          ex.run((tiles + 31) / 32 * 32,
+                 [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 32, MX_E2M1>(xi, i, tiles, p); });
+        } else {
+          constexpr int T = HB > 32 ? HB : 32;
+          ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 32, MX_E2M1>(xi, i, p); });
+        }
       })
     }
   })

@@ -272,13 +272,11 @@ FP4_HD uint32_t block_amax_bits(const float* v) {
   return f2u(m[0]);
 }
 
-// quantize tile t: T = max(HB, QB) elements, T / QB blocks. E2M1 codes are packed 8 per word, element 8w
+// Quantize the T (rotated) values v of tile t: T / QB blocks. E2M1 codes are packed 8 per word, element 8w
 // in the low nibble of word w (so pack_fp4's byte order on a little-endian GPU).
-template <typename In, int T, int HB, int QB, int KIND>
-FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
-  static_assert(T % QB == 0 && T % HB == 0 && QB % 8 == 0, "tile must hold whole blocks and rotations");
-  float v[T];
-  rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
+template <int T, int QB, int KIND>
+FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p) {
+  static_assert(T % QB == 0 && QB % 8 == 0, "tile must hold whole blocks");
   float s_enc = 1.0f, s_dec = 1.0f;
   if constexpr (KIND == NV_TE) {
     s_enc = te_encode_scale(*p.amax);
@@ -329,6 +327,78 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
   }
   constexpr int OUT_BYTES = KIND == MX_ANY ? T : T / 2;
   copy_bytes<OUT_BYTES>(p.data + t * OUT_BYTES, words);
+}
+
+// quantize tile t: T = max(HB, QB) elements, rotated in this thread, then quantized.
+template <typename In, int T, int HB, int QB, int KIND>
+FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
+  static_assert(T % HB == 0, "tile must hold whole rotations");
+  float v[T];
+  rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
+  quant_values<T, QB, KIND>(v, t, p);
+}
+
+// Rotation blocks of 64, 128 and 256 split over L = HB / 32 threads instead of one (one thread would hold
+// HB floats: 168 registers and one CTA per SM at HB = 128, spills at 256). Thread i holds elements
+// [32i, 32i + 32) of the tensor, lane q = i % L of its block: the signs and the butterfly's stages h < 32
+// run in the thread, stages h >= 32 pair it with lane q ^ (h / 32) through a warp shuffle, each thread
+// computing its own half of (a + b, a - b) with the same single IEEE operations in the same stage order,
+// then the product by rscale. The caller runs whole warps (i up to `tiles` rounded up to 32; the extra
+// lanes load and store nothing), so every shuffle has the full warp, and the L threads of a block are
+// consecutive lanes of one warp. GPU only: the CPU build runs the one-thread tiles (quant_tile,
+// finite_amax_tile, hadamard_tile with T = HB), the same arithmetic in one thread.
+template <typename In, int HB>
+FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
+                          float rscale, float* v) {
+  static_assert(HB == 64 || HB == 128 || HB == 256, "lane-split rotations are 64, 128 or 256 wide");
+#ifdef __CUDA_ARCH__
+  constexpr int L = HB / 32;
+  if (i < tiles) {
+    rotated_tile<In, 32, 1>(x, i, signs, sign_len, 1.0f, v);  // load and signs, no rotation yet
+  } else {
+    FP4_UNROLL
+    for (int j = 0; j < 32; ++j) v[j] = 0.0f;
+  }
+  butterfly<32, 32>(v);
+  const int q = static_cast<int>(i & (L - 1));
+  FP4_UNROLL
+  for (int d = 1; d < L; d *= 2) {  // stage h = 32 d: (a, b) -> (a + b, a - b) across lanes q and q ^ d
+    // The lower lane keeps a + b = other + own, the upper one a - b = other + (-own) (IEEE subtraction is
+    // addition of the negation, and addition commutes): one branch-free form, exact sign flip by * -1.
+    const float sign = (q & d) ? -1.0f : 1.0f;
+    FP4_UNROLL
+    for (int j = 0; j < 32; ++j) {
+      const float other = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
+      v[j] = fadd(other, fmul(v[j], sign));
+    }
+  }
+  FP4_UNROLL
+  for (int j = 0; j < 32; ++j) v[j] = fmul(v[j], rscale);
+#else
+  (void)x; (void)i; (void)tiles; (void)signs; (void)sign_len; (void)rscale; (void)v;  // GPU only (see above)
+#endif
+}
+
+template <typename In, int HB, int QB, int KIND>
+FP4_HD void quant_tile_lanes(const In* x, int64_t i, int64_t tiles, const QuantParams& p) {
+  float v[32];
+  rotated_lanes<In, HB>(x, i, tiles, p.signs, p.sign_len, p.rscale, v);
+  if (i < tiles) quant_values<32, QB, KIND>(v, i, p);
+}
+
+// finite_amax_tile's share of lane i (0 for the extra lanes, whose values are zeros).
+template <typename In, int HB>
+FP4_HD uint32_t finite_amax_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
+                                  float rscale) {
+  float v[32];
+  rotated_lanes<In, HB>(x, i, tiles, signs, sign_len, rscale, v);
+  uint32_t m = 0;
+  FP4_UNROLL
+  for (int j = 0; j < 32; ++j) {
+    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
+    m = (a < F32_INF && a > m) ? a : m;
+  }
+  return m;
 }
 
 // Fallback for block sizes without a tile instantiation: one block, runtime size, no rotation.
@@ -484,6 +554,15 @@ FP4_HD void hadamard_tile(const In* x, int64_t t, const float* signs, int64_t si
   alignas(16) float v[HB];
   rotated_tile<In, HB, HB>(x, t, signs, sign_len, rscale, v);
   copy_bytes<HB * 4>(out + t * HB, v);
+}
+
+// hadamard_tile for rotation blocks of 64 to 256, split over HB / 32 lanes (rotated_lanes; GPU only).
+template <typename In, int HB>
+FP4_HD void hadamard_tile_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
+                                float rscale, float* out) {
+  alignas(16) float v[32];
+  rotated_lanes<In, HB>(x, i, tiles, signs, sign_len, rscale, v);
+  if (i < tiles) copy_bytes<32 * 4>(out + i * 32, v);
 }
 
 }  // namespace fp4ref
