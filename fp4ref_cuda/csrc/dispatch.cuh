@@ -134,12 +134,13 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
           return finite_amax_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale);
         });
       } else {
-        // A tile of T >= 16 elements holds T / HB whole rotation blocks (HB == 1: no rotation).
-        constexpr int T = HB < 16 ? 16 : HB;
+        // A tile of T >= 32 elements (64 bytes of bf16 per thread and iteration) holds T / HB whole rotation
+        // blocks (HB == 1: no rotation); the tail is whole rotation blocks (or single elements).
+        constexpr int T = HB < 32 ? 32 : HB;
         ex.reduce_max(n / T, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
           return finite_amax_tile<In, T, HB>(xi, i, signs, sign_len, rscale);
         });
-        const int64_t done = n / T * T;  // the tail: whole rotation blocks (or single elements)
+        const int64_t done = n / T * T;
         const int64_t first = done / HB;
         ex.reduce_max((n - done) / HB, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
           return finite_amax_tile<In, HB, HB>(xi, first + i, signs, sign_len, rscale);

@@ -16,10 +16,15 @@ __global__ void __launch_bounds__(THREADS) for_each_kernel(int64_t n, F f) {
   for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) f(i);
 }
 
-// OR (error flags) or unsigned max (float32 magnitude bits) of f(i) over all i into *acc: per thread, then
-// per warp, then one atomic per warp.
+// OR (error flags) or unsigned max (float32 magnitude bits) of f(i) over all i into *acc: per thread (a
+// grid-stride loop over a grid of at most REDUCE_BLOCKS blocks), then per warp, then per block through
+// shared memory, then one atomic per block. (Atomics on one address are serialized at the L2: one per warp
+// of a one-tile-per-thread grid was 131,072 of them for an 8192^2 NVFP4 amax.)
+constexpr int64_t REDUCE_BLOCKS = 1024;
+
 template <bool MAX, class F>
 __global__ void __launch_bounds__(THREADS) reduce_kernel(int64_t n, uint32_t* acc, F f) {
+  __shared__ uint32_t part[THREADS / 32];
   const int64_t stride = (int64_t)gridDim.x * THREADS;
   uint32_t a = 0;
   for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) {
@@ -27,9 +32,15 @@ __global__ void __launch_bounds__(THREADS) reduce_kernel(int64_t n, uint32_t* ac
     a = MAX ? (v > a ? v : a) : (a | v);
   }
   a = MAX ? __reduce_max_sync(0xFFFFFFFFu, a) : __reduce_or_sync(0xFFFFFFFFu, a);
-  if ((threadIdx.x & 31) == 0 && a != 0) {
-    if (MAX) atomicMax(acc, a);
-    else atomicOr(acc, a);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = a;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    uint32_t b = threadIdx.x < THREADS / 32 ? part[threadIdx.x] : 0u;
+    b = MAX ? __reduce_max_sync(0xFFFFFFFFu, b) : __reduce_or_sync(0xFFFFFFFFu, b);
+    if (threadIdx.x == 0 && b != 0) {
+      if (MAX) atomicMax(acc, b);
+      else atomicOr(acc, b);
+    }
   }
 }
 
@@ -53,16 +64,20 @@ struct CudaExec {
     for_each_kernel<<<grid(n), THREADS, 0, stream>>>(n, f);
     note();
   }
+  static unsigned reduce_grid(int64_t n) {
+    const int64_t blocks = (n + THREADS - 1) / THREADS;
+    return (unsigned)(blocks < REDUCE_BLOCKS ? blocks : REDUCE_BLOCKS);
+  }
   template <class F>
   void reduce_or(int64_t n, uint32_t* acc, F f) {
     if (n <= 0 || rc != 0) return;
-    reduce_kernel<false><<<grid(n), THREADS, 0, stream>>>(n, acc, f);
+    reduce_kernel<false><<<reduce_grid(n), THREADS, 0, stream>>>(n, acc, f);
     note();
   }
   template <class F>
   void reduce_max(int64_t n, uint32_t* acc, F f) {
     if (n <= 0 || rc != 0) return;
-    reduce_kernel<true><<<grid(n), THREADS, 0, stream>>>(n, acc, f);
+    reduce_kernel<true><<<reduce_grid(n), THREADS, 0, stream>>>(n, acc, f);
     note();
   }
   int status() const { return rc; }

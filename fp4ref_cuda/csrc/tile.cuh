@@ -456,10 +456,9 @@ FP4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
 // magnitudes is computed once per block exactly as the per-element path would (one product, or two for
 // NVFP4, then the 16-bit rounding); a negative code gives the same value with the sign bit flipped (an
 // E4M3 scale may itself be negative), since every step (IEEE products, the RNE conversion) is
-// sign-symmetric once NaN is excluded. The low and high bytes
-// of the 8 table entries sit in two register pairs, and one prmt looks up 4 codes at once. Returns false,
-// writing nothing, where an entry is NaN (a NaN scale, or 0 * Inf): the caller then takes the per-element
-// path, which gives NaN its device's usual bits.
+// sign-symmetric once NaN is excluded. The low and high bytes of the 8 table entries sit in two register
+// pairs, and one prmt looks up 4 codes at once. Returns false, writing nothing, where an entry is NaN (a
+// NaN scale, or 0 * Inf): the caller then takes the per-element path, which gives NaN its device's bits.
 template <typename Out, int QB>
 FP4_HD bool dequant_e2m1_by_table(const uint8_t* raw, float hs, float gs, bool nv, Out* out) {
   float t[8];
