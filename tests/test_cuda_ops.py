@@ -148,6 +148,18 @@ def test_block_hadamard_and_fused(hb):
                 codes_equal(blocked, layouts.swizzle_scales(want.scales.reshape(-1, want.scales.shape[-1])))
 
 
+@needs_gpu
+@pytest.mark.parametrize("rows,k", [(256, 512), (128, 128), (300, 512), (256, 96)])
+def test_swizzled_scales_with_and_without_padding(rows, k):
+    """Without padding (rows % 128 == 0, blocks per row % 4 == 0) the blocked buffer is not zero-filled first,
+    so every byte must come from the kernel; with padding the pad bytes must be zero."""
+    x = rotation_input(torch.bfloat16, rows=rows, k=k, seed=rows + k).to(DEV)
+    for fmt in ("mxfp4", "nvfp4"):
+        got, blocked = ops.hadamard_quantize(x, fmt, hadamard_block=32, swizzle=True)
+        want = reference_hadamard_quantize(x, fmt, 32, None, "floor", None)
+        codes_equal(blocked, layouts.swizzle_scales(want.scales.reshape(-1, want.scales.shape[-1])))
+
+
 # --- GPU: hypothesis-generated tensors ---------------------------------------------------------------------
 @st.composite
 def tensors(draw, block: int):

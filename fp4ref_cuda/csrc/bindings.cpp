@@ -218,8 +218,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> quantize(const Tensor& x, int64_t kin
   Tensor scales = at::empty(with_last(x, cols), x.options().dtype(at::kByte));
   Tensor gs = kind == fp4ref::NV_TE ? at::empty({}, x.options().dtype(at::kFloat))
                                     : at::empty({0}, x.options().dtype(at::kFloat));
-  Tensor swz = swizzle ? at::zeros({blocked_size(rows, cols)}, x.options().dtype(at::kByte))
-                       : at::empty({0}, x.options().dtype(at::kByte));
+  // The kernel writes every byte of the blocked layout except its padding (rows to 128, columns to 4):
+  // zero-fill only when there is padding.
+  const bool padded = rows % 128 != 0 || cols % 4 != 0;
+  Tensor swz = !swizzle ? at::empty({0}, x.options().dtype(at::kByte))
+               : padded ? at::zeros({blocked_size(rows, cols)}, x.options().dtype(at::kByte))
+                        : at::empty({blocked_size(rows, cols)}, x.options().dtype(at::kByte));
   const fp4ref::QuantParams p{(int)fmt, (int)mode, s, slen, (float)rscale, a,
                               kind == fp4ref::NV_TE ? gs.data_ptr<float>() : nullptr, data.data_ptr<uint8_t>(),
                               scales.data_ptr<uint8_t>(), swizzle ? swz.data_ptr<uint8_t>() : nullptr, cols};

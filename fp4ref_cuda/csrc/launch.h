@@ -19,7 +19,7 @@ struct QuantParams {
   float* global_scale;  // NVFP4: S_dec out (written by tile 0)
   uint8_t* data;        // packed e2m1, or one byte per element
   uint8_t* scales;      // one byte per block, row-major [rows, cols]
-  uint8_t* swizzled;    // nullptr, or the 128x4 blocked copy of scales (zero-filled beforehand)
+  uint8_t* swizzled;    // nullptr, or the 128x4 blocked copy of scales (zero-filled beforehand if padded)
   int64_t cols;         // blocks per row
 };
 
