@@ -11,6 +11,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
+
 namespace fp4ref_gemm {
 namespace {
 
@@ -498,10 +500,19 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
 
 template <int MT, bool E4M3, typename OutT, int BS>
 cudaError_t launch_pipe(const SmallArgs& a, dim3 grid, dim3 block, cudaStream_t stream) {
-  // Per call, not once: the attribute belongs to the current device's context (cheap next to the kernel).
-  const cudaError_t attr = cudaFuncSetAttribute(linear_pipe_kernel<MT, E4M3, OutT, BS>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize, Pipe<MT>::kBytes);
-  if (attr != cudaSuccess) return attr;
+  // The shared-memory opt-in belongs to each device's context: set once per device (a repeated set from
+  // two host threads is harmless), not on every call, which would add a driver call to each launch.
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> configured[kMaxDevices];
+  int dev = 0;
+  const cudaError_t got = cudaGetDevice(&dev);
+  if (got != cudaSuccess) return got;
+  if (dev >= kMaxDevices || !configured[dev].load(std::memory_order_acquire)) {
+    const cudaError_t attr = cudaFuncSetAttribute(linear_pipe_kernel<MT, E4M3, OutT, BS>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, Pipe<MT>::kBytes);
+    if (attr != cudaSuccess) return attr;
+    if (dev < kMaxDevices) configured[dev].store(true, std::memory_order_release);
+  }
   linear_pipe_kernel<MT, E4M3, OutT, BS><<<grid, block, Pipe<MT>::kBytes, stream>>>(a);
   return cudaGetLastError();
 }
