@@ -364,7 +364,7 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 
 // The pipelined kernel serves the two standard block sizes (BS = 32: MXFP4, one scale byte per lane, row
 // and chunk; BS = 16: NVFP4, two adjacent bytes, one 16-bit load) and keeps its per-chunk integer work
-// small: row pointers, row masks and the scale columns are set up once per lane, chunk indices are 32-bit.
+// small: base pointers and row strides are set up once per lane, chunk indices are 32-bit.
 template <int MT, bool E4M3, typename OutT, int BS>
 __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArgs a) {
   using P = Pipe<MT>;
@@ -378,8 +378,8 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
   uint4* const my_slots = mine + lane * P::kPieces;  // stage s at my_slots + s * 32 * kPieces
 
   // Lane constants: the W, scale and x addresses of row i of this lane are base + i * stride (+ the chunk
-  // offset), rows past N or M included (they copy nothing: src-size 0 reads nothing, as CUTLASS's zfill
-  // relies on; their scale loads are predicated off); `size` holds each W row's copy size (16 or 0).
+  // offset), rows past N or M included: they copy nothing (src-size 0 reads nothing, as CUTLASS's zfill
+  // relies on) and their scale loads are predicated off.
   const int64_t wstride = 4 * a.K, sstride = 8 * (a.K / BS);  // 8 rows of K/2 bytes; 8 rows of K/BS bytes
   const uint8_t* const wbase = a.w + (n0 + g) * (a.K / 2) + 16 * p;
   const uint8_t* const sbase = a.ws + (n0 + g) * (a.K / BS) + (BS == 32 ? p : 2 * p);

@@ -233,18 +233,24 @@ FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sig
   }
 }
 
+// Largest finite |v| over N floats, as float32 bits (NaN and Inf skipped).
+template <int N>
+FP4_HD uint32_t finite_amax_bits(const float* v) {
+  uint32_t m = 0;
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) {
+    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
+    m = (a < F32_INF && a > m) ? a : m;
+  }
+  return m;
+}
+
 // Largest finite |v| (bits) of a rotated tile: the per-thread part of finite_amax.
 template <typename In, int T, int HB>
 FP4_HD uint32_t finite_amax_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale) {
   float v[T];
   rotated_tile<In, T, HB>(x, t, signs, sign_len, rscale, v);
-  uint32_t m = 0;
-  FP4_UNROLL
-  for (int j = 0; j < T; ++j) {
-    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
-    m = (a < F32_INF && a > m) ? a : m;
-  }
-  return m;
+  return finite_amax_bits<T>(v);
 }
 
 FP4_HD void store_scale(const QuantParams& p, int64_t block, uint32_t byte) {
@@ -392,13 +398,7 @@ FP4_HD uint32_t finite_amax_lanes(const In* x, int64_t i, int64_t tiles, const f
                                   float rscale) {
   float v[32];
   rotated_lanes<In, HB>(x, i, tiles, signs, sign_len, rscale, v);
-  uint32_t m = 0;
-  FP4_UNROLL
-  for (int j = 0; j < 32; ++j) {
-    const uint32_t a = f2u(v[j]) & 0x7FFFFFFFu;
-    m = (a < F32_INF && a > m) ? a : m;
-  }
-  return m;
+  return finite_amax_bits<32>(v);
 }
 
 // Fallback for block sizes without a tile instantiation: one block, runtime size, no rotation.
