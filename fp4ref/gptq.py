@@ -172,7 +172,10 @@ def gptq(W: torch.Tensor, H: torch.Tensor, grid: Grid, *, block_size: int = 128,
     losses = torch.zeros(rows, dtype=dtype, device=W.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, U1 = Wd[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        # U comes column-major from cholesky_ex(upper=True), and the loop below reads its rows: a row-major
+        # copy of the block's 128x128 corner makes the per-column update ~4x faster on CPU (same values; the
+        # block update keeps U's own layout, whose matmul rounding gptq.py's reproduction depends on).
+        W1, U1 = Wd[:, i1:i2].clone(), U[i1:i2, i1:i2].contiguous()
         Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
         for i in range(i2 - i1):
             c = order[i1 + i]
