@@ -14,6 +14,7 @@
 #endif
 
 namespace fp4ref {
+
 // Rotations of 64 to 256 (fused with a quantizer: 64 and 128) split each block over HB / 32 threads that
 // exchange through warp shuffles (rotated_lanes) in the CUDA build; the CPU build runs the one-thread tile,
 // the same arithmetic.
@@ -22,9 +23,10 @@ constexpr bool kLaneSplitRotations = true;
 #else
 constexpr bool kLaneSplitRotations = false;
 #endif
-}  // namespace fp4ref
 
-namespace fp4ref {
+// Thread count for `tiles` lane tiles of 32 elements, rounded up to whole warps: every shuffle of
+// rotated_lanes has the full warp (the extra lanes load and store nothing).
+inline int64_t whole_warps(int64_t tiles) { return (tiles + 31) / 32 * 32; }
 
 #define FP4_DISPATCH_IN(dtype, IN, ...)                 \
   switch (dtype) {                                      \
@@ -129,8 +131,8 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_FUSED(hb, HB, {
       if constexpr (HB >= 64 && kLaneSplitRotations) {
-        const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
-        ex.reduce_max((tiles + 31) / 32 * 32, amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
+        const int64_t tiles = n / 32;
+        ex.reduce_max(whole_warps(tiles), amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
           return finite_amax_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale);
         });
       } else {
@@ -158,8 +160,8 @@ int do_hadamard(Exec& ex, int dtype, const void* x, float* out, int64_t n, int h
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_POW2(hb, HB, {
       if constexpr (HB >= 64 && kLaneSplitRotations) {
-        const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
-        ex.run((tiles + 31) / 32 * 32, [=] FP4_LAMBDA(int64_t i) {
+        const int64_t tiles = n / 32;
+        ex.run(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) {
           hadamard_tile_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale, out);
         });
       } else if constexpr (HB > 1) {
@@ -185,8 +187,8 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
     } else if constexpr (NV) {
       FP4_DISPATCH_FUSED(hb, HB, {
         if constexpr (HB >= 64 && kLaneSplitRotations) {
-          const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
-          ex.run((tiles + 31) / 32 * 32, [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p); });
+          const int64_t tiles = n / 32;
+          ex.run(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p); });
         } else {
           // Two or more blocks per tile: the per-tile work (S_enc and S_dec from A, two IEEE divisions) is
           // shared. A last half tile (n % 32 == 16, only without a rotation wider than 16) is 16 elements.
@@ -203,8 +205,8 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
     } else {
       FP4_DISPATCH_FUSED(hb, HB, {
         if constexpr (HB >= 64 && kLaneSplitRotations) {
-          const int64_t tiles = n / 32;  // whole warps: see quant_tile_lanes
-          ex.run((tiles + 31) / 32 * 32,
+          const int64_t tiles = n / 32;
+          ex.run(whole_warps(tiles),
                  [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 32, MX_E2M1>(xi, i, tiles, p); });
         } else {
           constexpr int T = HB > 32 ? HB : 32;

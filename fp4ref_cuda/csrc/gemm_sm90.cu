@@ -446,8 +446,7 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
   int stage = 0;
   for (uint32_t c = c_begin; c < c_end; ++c) {
     issue(c + P::kStages - 1, stage == 0 ? P::kStages - 1 : stage - 1);  // the stage read last iteration
-    uint32_t sc[kRT][2][2], sb_cur[kRT][2];
-    to_bf16x2(sb, sc);
+    uint32_t sb_cur[kRT][2];
 #pragma unroll
     for (int rt = 0; rt < kRT; ++rt)
 #pragma unroll
@@ -487,9 +486,13 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
           }
         mma_chunk<MT, true>(acc, wc, s126, xv);
       } else {
+        uint32_t sc[kRT][2][2];  // the two-multiply scales: converted only on this, the rarer branch
+        to_bf16x2(sb_cur, sc);
         mma_chunk<MT>(acc, wc, sc, xv);
       }
     } else {
+      uint32_t sc[kRT][2][2];
+      to_bf16x2(sb_cur, sc);
       mma_chunk<MT>(acc, wc, sc, xv);
     }
     stage = stage + 1 == P::kStages ? 0 : stage + 1;

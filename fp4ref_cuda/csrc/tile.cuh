@@ -349,7 +349,7 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
 // [32i, 32i + 32) of the tensor, lane q = i % L of its block: the signs and the butterfly's stages h < 32
 // run in the thread, stages h >= 32 pair it with lane q ^ (h / 32) through a warp shuffle, each thread
 // computing its own half of (a + b, a - b) with the same single IEEE operations in the same stage order,
-// then the product by rscale. The caller runs whole warps (i up to `tiles` rounded up to 32; the extra
+// then the product by rscale. The caller runs whole warps (i up to whole_warps(tiles); the extra
 // lanes load and store nothing), so every shuffle has the full warp, and the L threads of a block are
 // consecutive lanes of one warp. GPU only: the CPU build runs the one-thread tiles (quant_tile,
 // finite_amax_tile, hadamard_tile with T = HB), the same arithmetic in one thread.
