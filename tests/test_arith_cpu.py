@@ -357,3 +357,19 @@ def test_hadamard_quantize_odd_rows(ops):
     want = reference_hadamard_quantize(v, "mxfp4", 16, None, "floor", None)
     codes_equal(got.data, want.data)
     codes_equal(got.scales, want.scales)
+
+
+def f32_bits(x: float) -> int:
+    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32).item()) & 0xFFFFFFFF
+
+
+def test_fast_encoders_against_generic_encode(low):
+    """The quantizers' fast E4M3 block-scale encoder and 8-wide E2M1 encoder against the generic encode():
+    every float32 pattern in the binades where they round (E4M3: [2^-12, 2^10); E2M1: ±[2^-4, 2^4)), and
+    every 257th pattern of the whole range (positive for E4M3, Inf included; both signs for E2M1)."""
+    n = low.lib.cpu_fast_codec_mismatches
+    assert n(0, f32_bits(2.0**-12), f32_bits(2.0**10), 1) == 0
+    assert n(0, 0, 0x7F800001, 257) == 0
+    for sign in (0, 0x80000000):
+        assert n(1, sign | f32_bits(2.0**-4), sign | f32_bits(2.0**4), 1) == 0
+    assert n(1, 0, 1 << 32, 257) == 0

@@ -46,11 +46,14 @@ FP4_HD float fmul(float a, float b) { return __fmul_rn(a, b); }
 FP4_HD float fadd(float a, float b) { return __fadd_rn(a, b); }
 FP4_HD float fsub(float a, float b) { return __fsub_rn(a, b); }
 FP4_HD float fdiv(float a, float b) { return __fdiv_rn(a, b); }
+// a * b + c rounded once: used only where a * b is exact (b = ±1), so it equals fadd(c, fmul(a, b)).
+FP4_HD float ffma_exact_product(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 #else
 FP4_HD float fmul(float a, float b) { return a * b; }
 FP4_HD float fadd(float a, float b) { return a + b; }
 FP4_HD float fsub(float a, float b) { return a - b; }
 FP4_HD float fdiv(float a, float b) { return a / b; }
+FP4_HD float ffma_exact_product(float a, float b, float c) { return fmaf(a, b, c); }
 #endif
 
 constexpr uint32_t F32_INF = 0x7F800000u;
@@ -124,6 +127,29 @@ FP4_HD uint32_t encode_e2m1_sat(float y) {
   const float c = fmul(u2f(p), 6291456.0f);
   const uint32_t code = f2u(fadd(a, c)) - f2u(c) + ((p >> 22) - 254u);
   return code | ((f2u(y) >> 28) & 8u);
+}
+
+// The E2M1 magnitude code of min(|y|, 6) (RNE), returned as code << 22: with a, p and c as above,
+// r = fp32(a + c) - c is a's rounding to the E2M1 grid {0, 0.5, ..., 6} (exact: Sterbenz), and r * 2^-126 is
+// exact with bits code << 22, because fp32 below 2^-125 mirrors E2M1 (2^-127 is the subnormal 0.5, 2^-126
+// the smallest normal 1, then one mantissa bit per binade). Float operations instead of integer ones for
+// the quantizers' hot loop (the GPU issues half as many integer operations per clock). NaN gives 7 << 22.
+FP4_HD uint32_t e2m1_magnitude_bits22(float y) {
+  const float a = fminf(fabsf(y), 6.0f);
+  const uint32_t p = f2u(fmaxf(a, 1.0f)) & 0x7F800000u;
+  const float c = fmul(u2f(p), 6291456.0f);
+  return f2u(fmul(fsub(fadd(a, c), c), u2f(0x00800000u)));
+}
+
+// encode_e4m3 with saturate=True of z >= 0 or +Inf (not NaN): the NVFP4 block scale. The same rounding
+// by addition as encode_e2m1_sat with 3 mantissa bits: a = min(z, 448), p = 2^max(E, -6) (E: a's exponent;
+// below 2^-6 the subnormal step 2^-9), c = 1.5 * 2^20 * p, k = bits(a + c) - bits(c) = round(a / step),
+// code = k + 8 * (E + 6). Clamping to 448 first gives saturate's answer for (448, Inf].
+FP4_HD uint32_t encode_e4m3_sat_nonneg(float z) {
+  const float a = fminf(z, 448.0f);
+  const uint32_t p = f2u(fmaxf(a, 0.015625f)) & 0x7F800000u;
+  const float c = fmul(u2f(p), 1572864.0f);
+  return f2u(fadd(a, c)) - f2u(c) + ((p >> 20) - 968u);
 }
 
 // 2 * decode_e2m1(code), sign included: the doubled magnitudes {0,1,2,3,4,6,8,12} are nibbles of one
@@ -289,8 +315,9 @@ FP4_HD float te_encode_scale(float amax) {
 }
 
 // te_block_scale: s_b = e4m3_satfinite(fp32(block_amax * fp32(S_enc * fp32(1/6)))).
+// block_amax is a finite |x| (NaN/Inf blocks take scale 0x7F before this), so the product is >= 0 or +Inf.
 FP4_HD uint32_t te_block_scale(float bamax, float s_enc) {
-  return encode(fmul(bamax, fmul(s_enc, u2f(F32_ONE_SIXTH))), make_fmt(E4M3), true);
+  return encode_e4m3_sat_nonneg(fmul(bamax, fmul(s_enc, u2f(F32_ONE_SIXTH))));
 }
 
 // te_element_scale: enc = min(fp32(1 / fp32(decode(s_b) * S_dec)), FLT_MAX) (a NaN stays NaN, as clamp).

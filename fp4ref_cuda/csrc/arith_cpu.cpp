@@ -10,6 +10,13 @@ struct HostExec {
   void run(int64_t n, F f) {
     for (int64_t i = 0; i < n; ++i) f(i);
   }
+  template <class S, int PREP_N, class P, class F>
+  void run_shared(int64_t n, P prep, F f) {
+    if (n <= 0) return;
+    S s;
+    for (int j = 0; j < PREP_N; ++j) prep(j, &s);
+    for (int64_t i = 0; i < n; ++i) f(i, s);
+  }
   template <class F>
   void reduce_or(int64_t n, uint32_t* acc, F f) {
     for (int64_t i = 0; i < n; ++i) *acc |= f(i);
@@ -96,6 +103,35 @@ void cpu_encode_e2m1_sat(const float* x, uint8_t* out, int64_t n) {
 }
 void cpu_decode_e2m1_x2(const uint8_t* codes, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = decode_e2m1_x2(codes[i]);
+}
+
+// Mismatches of the quantizers' fast encoders against the generic encode(), over the float32 bit patterns
+// lo, lo + stride, ... < hi. which 0: encode_e4m3_sat_nonneg (patterns must be >= 0, not NaN); which 1:
+// encode_e2m1_sat_x8 on 8 patterns at a time, their signs flipped by a pseudo-random mask per group so that
+// every group mixes signs (NaN skipped: the quantizers zero NaN blocks).
+int64_t cpu_fast_codec_mismatches(int which, uint64_t lo, uint64_t hi, uint64_t stride) {
+  int64_t bad = 0;
+  const Fmt e4m3 = make_fmt(E4M3), e2m1 = make_fmt(E2M1);
+  if (which == 0) {
+    for (uint64_t u = lo; u < hi; u += stride)
+      bad += encode_e4m3_sat_nonneg(u2f((uint32_t)u)) != encode(u2f((uint32_t)u), e4m3, true);
+    return bad;
+  }
+  float y[8];
+  int k = 0;
+  uint32_t group = 0, flip = 0;
+  for (uint64_t u = lo; u < hi; u += stride) {
+    if (k == 0) flip = (++group * 0x9E3779B1u) >> 24;
+    const float v = u2f((uint32_t)u ^ (((flip >> k) & 1u) << 31));
+    if (v != v) continue;
+    y[k++] = v;
+    if (k < 8 && u + stride < hi) continue;
+    for (int j = k; j < 8; ++j) y[j] = 0.0f;
+    const uint32_t w = encode_e2m1_sat_x8(y);
+    for (int j = 0; j < k; ++j) bad += ((w >> (4 * j)) & 0xFu) != encode(y[j], e2m1, true);
+    k = 0;
+  }
+  return bad;
 }
 
 }  // extern "C"

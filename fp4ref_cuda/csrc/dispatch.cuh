@@ -185,18 +185,26 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
     if (!tiled) {
       ex.run(n / qb, [=] FP4_LAMBDA(int64_t i) { quant_block_generic<In>(xi, i, qb, kind, p); });
     } else if constexpr (NV) {
+      // The per-tensor constants (NvTeConsts) are prepared once per CTA in shared memory (run_shared).
+      const float* amax = p.amax;
+      const auto prep = [=] FP4_LAMBDA(int j, NvTeConsts* c) { nv_te_prepare(*amax, j, c); };
       FP4_DISPATCH_FUSED(hb, HB, {
         if constexpr (HB >= 64 && kLaneSplitRotations) {
           const int64_t tiles = n / 32;
-          ex.run(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p); });
+          ex.template run_shared<NvTeConsts, NV_TE_TABLE>(whole_warps(tiles), prep,
+              [=] FP4_LAMBDA(int64_t i, const NvTeConsts& c) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p, &c); });
         } else {
-          // Two or more blocks per tile: the per-tile work (S_enc and S_dec from A, two IEEE divisions) is
-          // shared. A last half tile (n % 32 == 16, only without a rotation wider than 16) is 16 elements.
+          // Two or more blocks per tile. A last half tile (n % 32 == 16, only without a rotation wider than
+          // 16) is 16 elements.
           constexpr int T = HB > 32 ? HB : 32;
-          ex.run(n / T, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p); });
+          ex.template run_shared<NvTeConsts, NV_TE_TABLE>(n / T, prep,
+              [=] FP4_LAMBDA(int64_t i, const NvTeConsts& c) { quant_tile<In, T, HB, 16, NV_TE>(xi, i, p, &c); });
           if constexpr (HB <= 16) {
             const int64_t last = n / 16;
-            if (n % T) ex.run(1, [=] FP4_LAMBDA(int64_t) { quant_tile<In, 16, HB, 16, NV_TE>(xi, last - 1, p); });
+            if (n % T)
+              ex.template run_shared<NvTeConsts, NV_TE_TABLE>(1, prep, [=] FP4_LAMBDA(int64_t, const NvTeConsts& c) {
+                quant_tile<In, 16, HB, 16, NV_TE>(xi, last - 1, p, &c);
+              });
           }
         }
       })

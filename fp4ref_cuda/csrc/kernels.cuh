@@ -16,6 +16,17 @@ __global__ void __launch_bounds__(THREADS) for_each_kernel(int64_t n, F f) {
   for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) f(i);
 }
 
+// for_each_kernel with a per-CTA value S in shared memory: prep(j, &s) for j < PREP_N by the CTA's threads,
+// one barrier, then f(i, s) for every tile.
+template <class S, int PREP_N, class P, class F>
+__global__ void __launch_bounds__(THREADS) for_each_shared_kernel(int64_t n, P prep, F f) {
+  __shared__ S s;
+  for (int j = threadIdx.x; j < PREP_N; j += THREADS) prep(j, &s);
+  __syncthreads();
+  const int64_t stride = (int64_t)gridDim.x * THREADS;
+  for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) f(i, s);
+}
+
 // OR (error flags) or unsigned max (float32 magnitude bits) of f(i) over all i into *acc: per thread (a
 // grid-stride loop over a grid of at most REDUCE_BLOCKS blocks), then per warp, then per block through
 // shared memory, then one atomic per block. (Atomics on one address are serialized at the L2: one per warp
@@ -62,6 +73,12 @@ struct CudaExec {
   void run(int64_t n, F f) {
     if (n <= 0 || rc != 0) return;
     for_each_kernel<<<grid(n), THREADS, 0, stream>>>(n, f);
+    note();
+  }
+  template <class S, int PREP_N, class P, class F>
+  void run_shared(int64_t n, P prep, F f) {
+    if (n <= 0 || rc != 0) return;
+    for_each_shared_kernel<S, PREP_N><<<grid(n), THREADS, 0, stream>>>(n, prep, f);
     note();
   }
   static unsigned reduce_grid(int64_t n) {

@@ -215,6 +215,56 @@ FP4_HD uint8_t swizzle_byte(const uint8_t* scales, int64_t o, int64_t rows, int6
   return (r < rows && c < cols) ? scales[r * cols + c] : (uint8_t)0;
 }
 
+// __byte_perm(a, b, s) (PTX prmt): output byte i is byte (s >> 4i) & 7 of the 8-byte value (b:a). Only
+// selectors without the sign-replicate bit (3) are used here.
+FP4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, s);
+#else
+  const uint64_t ab = ((uint64_t)b << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= (uint32_t)((ab >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+  return r;
+#endif
+}
+
+// prmt.b32 with sign replication: a selector nibble with bit 3 set gives 0xFF or 0x00, the sign (msb) of
+// the byte its low 3 bits select. (__byte_perm documents only the 3-bit selectors, so the asm is explicit.)
+FP4_HD uint32_t byte_perm_sx(uint32_t a, uint32_t b, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+  return r;
+#else
+  const uint64_t ab = ((uint64_t)b << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t sel = (s >> (4 * i)) & 0xFu;
+    uint32_t byte = (uint32_t)(ab >> (8 * (sel & 7u))) & 0xFFu;
+    if (sel & 8u) byte = (byte & 0x80u) ? 0xFFu : 0x00u;
+    r |= byte << (8 * i);
+  }
+  return r;
+#endif
+}
+
+// encode_e2m1_sat of y[0..7], packed: code j in nibble j (pack_fp4's order). Magnitudes by
+// e2m1_magnitude_bits22, one shift-and-add each into place; the 8 sign bits by sign-replicating byte
+// permutes (bytes [s0, s2, s4, s6] and [s1, s3, s5, s7], then bits 3 and 7 of each byte): 1 integer
+// operation per element where the one-at-a-time encode_e2m1_sat spends 2. The same codes, NaN included.
+FP4_HD uint32_t encode_e2m1_sat_x8(const float* y) {
+  uint32_t word = 0;
+  FP4_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t b = e2m1_magnitude_bits22(y[j]);
+    word += 4 * j >= 22 ? b << (4 * j - 22) : b >> (22 - 4 * j);
+  }
+  const uint32_t e02 = byte_perm_sx(f2u(y[0]), f2u(y[2]), 0xFBFBu), e46 = byte_perm_sx(f2u(y[4]), f2u(y[6]), 0xFBFBu);
+  const uint32_t o13 = byte_perm_sx(f2u(y[1]), f2u(y[3]), 0xFBFBu), o57 = byte_perm_sx(f2u(y[5]), f2u(y[7]), 0xFBFBu);
+  const uint32_t e = byte_perm(e02, e46, 0x5410u), o = byte_perm(o13, o57, 0x5410u);
+  return word | (((e & 0x0F0F0F0Fu) | (o & 0xF0F0F0F0u)) & 0x88888888u);
+}
+
 // ---- block quantizers (MX and NVFP4), optionally after a block Hadamard rotation ------------------------
 // Loads tile t (T elements), applies signs and the rotation (HB > 1): the input of every quantizer.
 template <typename In, int T, int HB>
@@ -278,16 +328,35 @@ FP4_HD uint32_t block_amax_bits(const float* v) {
   return f2u(m[0]);
 }
 
-// Quantize the T (rotated) values v of tile t: T / QB blocks. E2M1 codes are packed 8 per word, element 8w
+// Per-tensor constants of the NVFP4 "te" quantizer, computed once per CTA (once per call on CPU) from the
+// global amax instead of in every tile: S_enc * fp32(1/6) (te_block_scale's factor), S_dec, and the element
+// scale te_element_scale(b, S_dec) of every block-scale byte b (0x7F, the NaN-block byte, included). Three
+// IEEE divisions per tile and one per block become a table read; the values are the same.
+struct NvTeConsts {
+  float s_enc6;
+  float s_dec;
+  float enc[128];
+};
+constexpr int NV_TE_TABLE = 128;
+
+// Entry i of the table (i < NV_TE_TABLE); entry 0 also writes the two scalars.
+FP4_HD void nv_te_prepare(float amax, int i, NvTeConsts* c) {
+  const float s_enc = te_encode_scale(amax);
+  const float s_dec = fdiv(1.0f, s_enc);
+  c->enc[i] = te_element_scale((uint32_t)i, s_dec);
+  if (i == 0) {
+    c->s_enc6 = fmul(s_enc, u2f(F32_ONE_SIXTH));
+    c->s_dec = s_dec;
+  }
+}
+
+// Quantize the T (rotated) values v of tile t: T / QB blocks (NVFP4: with the constants nc). E2M1 codes are packed 8 per word, element 8w
 // in the low nibble of word w (so pack_fp4's byte order on a little-endian GPU).
 template <int T, int QB, int KIND>
-FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p) {
+FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p, const NvTeConsts* nc) {
   static_assert(T % QB == 0 && QB % 8 == 0, "tile must hold whole blocks");
-  float s_enc = 1.0f, s_dec = 1.0f;
   if constexpr (KIND == NV_TE) {
-    s_enc = te_encode_scale(*p.amax);
-    s_dec = fdiv(1.0f, s_enc);
-    if (t == 0 && p.global_scale != nullptr) *p.global_scale = s_dec;
+    if (t == 0 && p.global_scale != nullptr) *p.global_scale = nc->s_dec;
   }
   alignas(16) uint32_t words[KIND == MX_ANY ? T / 4 : T / 8];
   FP4_UNROLL
@@ -310,8 +379,9 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p) {
     } else {
       float scale;
       if constexpr (KIND == NV_TE) {
-        byte = bad ? 0x7Fu : te_block_scale(u2f(am), s_enc);
-        scale = te_element_scale(byte, s_dec);
+        // te_block_scale with its factor S_enc * fp32(1/6) precomputed
+        byte = bad ? 0x7Fu : encode_e4m3_sat_nonneg(fmul(u2f(am), nc->s_enc6));
+        scale = nc->enc[byte];
       } else {
         byte = scale_byte(am, make_fmt(E2M1), p.mode);
         scale = inverse_scale(byte);
@@ -319,13 +389,13 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p) {
       const bool stretch = KIND == MX_E2M1 && p.mode == STRETCH;
       FP4_UNROLL
       for (int w = 0; w < QB / 8; ++w) {
-        uint32_t word = 0;
+        float y[8];
         FP4_UNROLL
-        for (int j = 7; j >= 0; --j) {
-          float y = fmul(vb[8 * w + j], scale);
-          if (stretch) y = fmul(y, 3.0f);
-          word = (word << 4) | encode_e2m1_sat(y);
+        for (int j = 0; j < 8; ++j) {
+          y[j] = fmul(vb[8 * w + j], scale);
+          if (stretch) y[j] = fmul(y[j], 3.0f);
         }
+        const uint32_t word = encode_e2m1_sat_x8(y);
         words[b * (QB / 8) + w] = bad ? 0u : word;
       }
     }
@@ -337,11 +407,11 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p) {
 
 // quantize tile t: T = max(HB, QB) elements, rotated in this thread, then quantized.
 template <typename In, int T, int HB, int QB, int KIND>
-FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p) {
+FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p, const NvTeConsts* nc = nullptr) {
   static_assert(T % HB == 0, "tile must hold whole rotations");
   float v[T];
   rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
-  quant_values<T, QB, KIND>(v, t, p);
+  quant_values<T, QB, KIND>(v, t, p, nc);
 }
 
 // Rotation blocks of 64, 128 and 256 split over L = HB / 32 threads instead of one (one thread would hold
@@ -370,12 +440,13 @@ FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* si
   FP4_UNROLL
   for (int d = 1; d < L; d *= 2) {  // stage h = 32 d: (a, b) -> (a + b, a - b) across lanes q and q ^ d
     // The lower lane keeps a + b = other + own, the upper one a - b = other + (-own) (IEEE subtraction is
-    // addition of the negation, and addition commutes): one branch-free form, exact sign flip by * -1.
+    // addition of the negation, and addition commutes): one branch-free form, other + own * sign in one
+    // fused multiply-add, which rounds once, like the addition, because own * (±1) is exact.
     const float sign = (q & d) ? -1.0f : 1.0f;
     FP4_UNROLL
     for (int j = 0; j < 32; ++j) {
       const float other = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
-      v[j] = fadd(other, fmul(v[j], sign));
+      v[j] = ffma_exact_product(v[j], sign, other);
     }
   }
   FP4_UNROLL
@@ -386,10 +457,11 @@ FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* si
 }
 
 template <typename In, int HB, int QB, int KIND>
-FP4_HD void quant_tile_lanes(const In* x, int64_t i, int64_t tiles, const QuantParams& p) {
+FP4_HD void quant_tile_lanes(const In* x, int64_t i, int64_t tiles, const QuantParams& p,
+                             const NvTeConsts* nc = nullptr) {
   float v[32];
   rotated_lanes<In, HB>(x, i, tiles, p.signs, p.sign_len, p.rscale, v);
-  if (i < tiles) quant_values<32, QB, KIND>(v, i, p);
+  if (i < tiles) quant_values<32, QB, KIND>(v, i, p, nc);
 }
 
 // finite_amax_tile's share of lane i (0 for the extra lanes, whose values are zeros).
@@ -439,19 +511,6 @@ FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, cons
 }
 
 // ---- dequantizers ------------------------------------------------------------------------------------
-// __byte_perm(a, b, s) (PTX prmt): output byte i is byte (s >> 4i) & 7 of the 8-byte value (b:a). Only
-// selectors without the sign-replicate bit (3) are used here.
-FP4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  return __byte_perm(a, b, s);
-#else
-  const uint64_t ab = ((uint64_t)b << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= (uint32_t)((ab >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
-  return r;
-#endif
-}
-
 // Dequantize QB packed E2M1 codes of one block to a 16-bit float type by table lookup. val(code) for the 8
 // magnitudes is computed once per block exactly as the per-element path would (one product, or two for
 // NVFP4, then the 16-bit rounding); a negative code gives the same value with the sign bit flipped (an
