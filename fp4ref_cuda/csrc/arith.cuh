@@ -46,14 +46,14 @@ FP4_HD float fmul(float a, float b) { return __fmul_rn(a, b); }
 FP4_HD float fadd(float a, float b) { return __fadd_rn(a, b); }
 FP4_HD float fsub(float a, float b) { return __fsub_rn(a, b); }
 FP4_HD float fdiv(float a, float b) { return __fdiv_rn(a, b); }
-// a * b + c rounded once: used only where a * b is exact (b = ±1), so it equals fadd(c, fmul(a, b)).
-FP4_HD float ffma_exact_product(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+// Fused multiply-add: a * b + c with one rounding (the product is exact inside).
+FP4_HD float ffma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 #else
 FP4_HD float fmul(float a, float b) { return a * b; }
 FP4_HD float fadd(float a, float b) { return a + b; }
 FP4_HD float fsub(float a, float b) { return a - b; }
 FP4_HD float fdiv(float a, float b) { return a / b; }
-FP4_HD float ffma_exact_product(float a, float b, float c) { return fmaf(a, b, c); }
+FP4_HD float ffma(float a, float b, float c) { return fmaf(a, b, c); }
 #endif
 
 constexpr uint32_t F32_INF = 0x7F800000u;
@@ -129,16 +129,18 @@ FP4_HD uint32_t encode_e2m1_sat(float y) {
   return code | ((f2u(y) >> 28) & 8u);
 }
 
-// The E2M1 magnitude code of min(|y|, 6) (RNE), returned as code << 22: with a, p and c as above,
-// r = fp32(a + c) - c is a's rounding to the E2M1 grid {0, 0.5, ..., 6} (exact: Sterbenz), and r * 2^-126 is
-// exact with bits code << 22, because fp32 below 2^-125 mirrors E2M1 (2^-127 is the subnormal 0.5, 2^-126
-// the smallest normal 1, then one mantissa bit per binade). Float operations instead of integer ones for
-// the quantizers' hot loop (the GPU issues half as many integer operations per clock). NaN gives 7 << 22.
+// The E2M1 magnitude code of min(|y|, 6) (RNE), returned as code << 22, in float operations (the GPU issues
+// half as many integer operations per clock). With a = min(|y|, 6) and p = 2^max(E, 0) as above (one mask
+// of max(a, 1)'s bits), s = fp32(a * 2^-22 + p) (one fused multiply-add, a * 2^-22 exact inside) stays in
+// p's binade and so rounds a * 2^-22 to p's unit in the last place p * 2^-23, i.e. a to the E2M1 step p / 2
+// with ties to even; s - p = round(a) * 2^-22 exactly, and round(a) * 2^-126 is exact with the bits code << 22, because
+// float32 below 2^-125 has E2M1's shape (2^-127 is the subnormal 0.5, 2^-126 the smallest normal 1, then one
+// mantissa bit per binade). NaN gives 7 << 22.
 FP4_HD uint32_t e2m1_magnitude_bits22(float y) {
   const float a = fminf(fabsf(y), 6.0f);
-  const uint32_t p = f2u(fmaxf(a, 1.0f)) & 0x7F800000u;
-  const float c = fmul(u2f(p), 6291456.0f);
-  return f2u(fmul(fsub(fadd(a, c), c), u2f(0x00800000u)));
+  const float p = u2f(f2u(fmaxf(a, 1.0f)) & 0x7F800000u);
+  const float s = ffma(a, u2f(0x34800000u), p);  // 2^-22
+  return f2u(fmul(fsub(s, p), u2f(0x0B800000u)));  // 2^-104
 }
 
 // encode_e4m3 with saturate=True of z >= 0 or +Inf (not NaN): the NVFP4 block scale. The same rounding

@@ -446,7 +446,7 @@ FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* si
     FP4_UNROLL
     for (int j = 0; j < 32; ++j) {
       const float other = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
-      v[j] = ffma_exact_product(v[j], sign, other);
+      v[j] = ffma(v[j], sign, other);
     }
   }
   FP4_UNROLL
