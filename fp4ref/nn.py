@@ -8,6 +8,7 @@ Every op goes through ``fp4ref.ops`` so that CUDA tensors reach the fp4ref_cuda 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 
@@ -29,6 +30,20 @@ def _op(name: str):
     fallback = {"block_hadamard": hadamard.block_hadamard, "fp4_mm": gemm.fp4_mm, "fp4_linear": gemm.fp4_linear,
                 "quantize_mx": mx.quantize_mx, "quantize_nvfp4": nvfp4.quantize_nvfp4}
     return getattr(ops, name, None) or fallback[name]
+
+
+@functools.cache
+def _ops_module():
+    from . import ops
+
+    return ops
+
+
+@functools.cache
+def _cuda_gemm():
+    import fp4ref_cuda.gemm
+
+    return fp4ref_cuda.gemm
 
 
 def _quantize(x: torch.Tensor, fmt: str, block_size: int, scale_mode: str, recipe: str):
@@ -88,6 +103,7 @@ class FP4Linear(nn.Module):
             gs = torch.ones((), device=device) if fmt == "nvfp4" else None
             self.register_buffer("weight_global_scale", gs)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self._cuda_weight: tuple | None = None  # (key, fp4ref_cuda PreparedWeight), see _prepared_weight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str | None = "mxfp4", *, block_size: int | None = None,
@@ -154,12 +170,36 @@ class FP4Linear(nn.Module):
             return x
         return _op("block_hadamard")(x, self.rotation, signs=self.rotation_signs)
 
+    def _prepared_weight(self, x: torch.Tensor):
+        """The CUDA GEMM's view of the weight (fp4ref_cuda.gemm.PreparedWeight) for a bf16 CUDA input, made
+        and checked once per version of the weight buffers and bias, or None where that path does not apply.
+
+        The key holds each buffer's storage address and in-place version counter, so ``load_quantized``,
+        ``load_state_dict`` and ``.to(device)`` all invalidate it.
+        """
+        if x.dtype != torch.bfloat16 or _ops_module().backend(x) != "cuda" or torch.compiler.is_compiling():
+            return None  # (a traced graph has no storage addresses; it keeps the op path)
+        bufs = (self.weight_packed, self.weight_scale, self.weight_global_scale)
+        key = tuple((b.data_ptr(), b._version) for b in bufs if b is not None) + (id(self.bias), x.device)
+        cached = getattr(self, "_cuda_weight", None)  # (absent on modules pickled before it existed)
+        if cached is None or cached[0] != key:
+            wq = self.weight_quantized
+            gemm.check_linear_args(x, wq, self.bias)  # what fp4ref.ops.fp4_linear checks, once per version
+            cached = self._cuda_weight = (key, _cuda_gemm().prepare_weight(wq))
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xr = self.rotate_input(x)
+        xr = x if self.rotation is None else self.rotate_input(x)
         if self.fmt is None:
             w = self.weight.to(xr.dtype)
             y = xr @ w.T
             return (y if self.bias is None else y + self.bias.to(y.dtype)).to(x.dtype)
+        if not self.quantize_activations:
+            pw = self._prepared_weight(xr)
+            if pw is not None:  # bf16 on a GPU (x's dtype, so no cast back)
+                y = _cuda_gemm().linear_prepared(xr, pw, self.bias)
+                if y is not NotImplemented:
+                    return y
         wq = self.weight_quantized
         if not self.quantize_activations:
             return _op("fp4_linear")(xr, wq, self.bias).to(x.dtype)

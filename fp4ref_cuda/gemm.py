@@ -19,6 +19,7 @@ import functools
 import importlib
 import os
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -147,38 +148,72 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
     return out if direct else out.to(out_dtype)
 
 
+class PreparedWeight(NamedTuple):
+    """What ``fp4_linear`` needs from an FP4 weight, made once: byte views of its data and scales, the NVFP4
+    global scale as a one-element device tensor (alpha) and the stretch divisor."""
+
+    data: torch.Tensor
+    scales: torch.Tensor
+    block_size: int
+    e4m3: bool
+    alpha: torch.Tensor | None
+    divisor: float
+    n: int
+    k: int
+
+
+def prepare_weight(w: MXTensor | NVFP4Tensor) -> PreparedWeight | None:
+    """``w`` (N, K) ready for ``linear_prepared``, or None where these kernels do not take it."""
+    if (not isinstance(w, (MXTensor, NVFP4Tensor)) or len(w.shape) != 2 or not _usable(w)
+            or (isinstance(w, MXTensor) and w.elem != "e2m1")):
+        return None
+    data, scales, e4m3 = _operand(w)
+    return PreparedWeight(data, scales, w.block_size, e4m3, _global_scale(w), _stretch_divisor(w),
+                          w.shape[0], w.shape[1])
+
+
+def linear_prepared(x: torch.Tensor, pw: PreparedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``fp4_linear`` on a prepared weight (bf16 x on the weight's device; anything else: NotImplemented).
+
+    ``FP4Linear`` calls this directly with a weight prepared once, so a decode step pays no per-call
+    construction or re-validation of the weight; ``fp4_linear`` prepares and calls it.
+    """
+    # (Written for a decode step's host time: no reshape, cast or import where none is needed.)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16 or x.device != pw.data.device:
+        return NotImplemented
+    k = pw.k
+    if x.shape[-1] != k:
+        raise ValueError(f"x must have K = {k} features in its last dimension, got shape {tuple(x.shape)}")
+    flat = x.dim() == 2
+    x2 = _aligned(x if flat else x.reshape(-1, k))
+    m, n = x2.shape[0], pw.n
+    out_dtype = torch.bfloat16 if bias is None else torch.float32
+    if m == 0:
+        y = torch.zeros(m, n, dtype=out_dtype, device=x.device)
+    elif m <= SMALL_M:
+        y = _ops().gemm_fp4_linear_small(x2, pw.data, pw.scales, pw.block_size, pw.e4m3, pw.alpha, pw.divisor,
+                                         out_dtype, SMALL_M_KERNEL == "pipelined")
+    else:
+        direct = pw.divisor == 1.0
+        w16 = _ops().gemm_dequant_bf16(pw.data, pw.scales, pw.block_size, pw.e4m3)
+        y = _ops().gemm_bf16_cublas(x2, w16, pw.alpha, out_dtype if direct else torch.float32)
+        if not direct:
+            y = y.div_(pw.divisor)
+    if bias is not None:
+        y = (y + bias.to(device=y.device, dtype=torch.float32)).to(torch.bfloat16)
+    return y if flat else y.reshape(*x.shape[:-1], n)
+
+
 def fp4_linear(x: torch.Tensor, w: MXTensor | NVFP4Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x · deq(w)ᵀ (+ bias)`` for bf16 activations x (..., K) and an FP4 weight w (N, K), bf16 out.
 
     M <= 16 rows: register dequantization, no bf16 copy of W; larger M: exact bf16 dequant + cuBLAS.
     With a bias the float32 product and the bias are added before the one rounding to bf16.
     """
-    if (not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16 or not isinstance(w, (MXTensor, NVFP4Tensor))
-            or len(w.shape) != 2 or not _usable(w) or x.device != w.data.device
-            or (isinstance(w, MXTensor) and w.elem != "e2m1")):
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
         return NotImplemented
-    k = w.shape[1]
-    if x.shape[-1] != k:
-        raise ValueError(f"x must have K = {k} features in its last dimension, got shape {tuple(x.shape)}")
-    lead = x.shape[:-1]
-    x2 = _aligned(x.reshape(-1, k))
-    m, n = x2.shape[0], w.shape[0]
-    alpha, div = _global_scale(w), _stretch_divisor(w)
-    out_dtype = torch.bfloat16 if bias is None else torch.float32
-    if m == 0:
-        y = torch.zeros(m, n, dtype=out_dtype, device=x.device)
-    elif m <= SMALL_M:
-        data, scales, e4m3 = _operand(w)
-        y = _ops().gemm_fp4_linear_small(x2, data, scales, w.block_size, e4m3, alpha, div, out_dtype,
-                                         SMALL_M_KERNEL == "pipelined")
-    else:
-        direct = div == 1.0
-        y = _ops().gemm_bf16_cublas(x2, dequantize_bf16(w), alpha, out_dtype if direct else torch.float32)
-        if not direct:
-            y = y.div_(div)
-    if bias is not None:
-        y = y + bias.to(device=y.device, dtype=torch.float32)
-    return y.to(torch.bfloat16).reshape(*lead, n)
+    pw = prepare_weight(w)
+    return NotImplemented if pw is None else linear_prepared(x, pw, bias)
 
 
 def _register_fakes() -> None:
@@ -205,4 +240,5 @@ def _register_fakes() -> None:
 if _module("_gemm_sm90") is not None:
     _register_fakes()
 
-__all__ = ["SMALL_M", "SMALL_M_KERNEL", "cutlass_supported", "dequantize_bf16", "fp4_linear", "fp4_mm"]
+__all__ = ["SMALL_M", "SMALL_M_KERNEL", "PreparedWeight", "cutlass_supported", "dequantize_bf16", "fp4_linear",
+           "fp4_mm", "linear_prepared", "prepare_weight"]

@@ -461,6 +461,75 @@ def test_cpu_tensors_are_left_to_the_reference():
     assert fp4_linear(torch.zeros(2, 64, dtype=torch.bfloat16), a) is NotImplemented
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_fp4linear_prepared_weight_reaches_the_kernel_like_the_op(fmt, monkeypatch):
+    """FP4Linear's prepared-weight path (made once per weight version) hands the small-M kernel the same
+    arguments as fp4ref.ops.fp4_linear does, and a new weight (load_quantized) or bias is picked up. No GPU:
+    the CUDA dispatch is forced on CPU tensors and the kernel is a recorder."""
+    import fp4ref_cuda
+    import fp4ref_cuda.gemm as cg
+    from fp4ref import ops
+    from fp4ref.nn import FP4Linear
+
+    g = torch.Generator().manual_seed(11)
+    lin = torch.nn.Linear(64, 24, bias=True)
+    m = FP4Linear.from_linear(lin, fmt)
+    other = FP4Linear.from_linear(torch.nn.Linear(64, 24), fmt).weight_quantized
+    calls = []
+
+    class Recorder:
+        def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
+            calls.append((x, w, scales, block_size, e4m3, alpha, divisor, out_dtype))
+            return torch.zeros(x.shape[0], w.shape[0], dtype=out_dtype)
+
+    monkeypatch.setattr(ops, "backend", lambda t: "cuda")
+    monkeypatch.setattr(ops, "_cuda_module", lambda: fp4ref_cuda)
+    monkeypatch.setattr(cg, "_usable", lambda *qs: True)
+    monkeypatch.setattr(cg, "_ops", lambda: Recorder())
+
+    def same(c1, c2):
+        assert len(c1) == len(c2)
+        for a, b in zip(c1, c2):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+    x = torch.randn(3, 64, generator=g).bfloat16()
+    for step in range(3):
+        calls.clear()
+        y = m(x)
+        ops.fp4_linear(x, m.weight_quantized, m.bias)
+        assert y.shape == (3, 24) and y.dtype == torch.bfloat16 and len(calls) == 2
+        same(calls[0], calls[1])
+        if step == 0:
+            first = calls[0][1].clone()
+            m.load_quantized(other)  # in place: the new bytes must reach the kernel
+        elif step == 1:
+            assert not torch.equal(calls[0][1], first)
+            # new buffer objects (as .to() or load_state_dict with assign=True make): re-prepared, not stale
+            m.weight_packed = first.clone()
+            m.bias = torch.nn.Parameter(torch.zeros(24))
+        else:
+            assert torch.equal(calls[0][1], first)
+    with pytest.raises(ValueError, match="K = 64"):
+        m(torch.zeros(2, 32, dtype=torch.bfloat16))
+
+
+@gpu
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_fp4linear_on_gpu_gives_the_ops_bits(fmt):
+    from fp4ref import ops
+    from fp4ref.nn import FP4Linear
+
+    g = torch.Generator().manual_seed(12)
+    lin = torch.nn.Linear(256, 96)
+    m = FP4Linear.from_linear(lin.cuda(), fmt)
+    for rows in (1, 5, 40):
+        x = torch.randn(2, rows, 256, generator=g).to(torch.bfloat16).cuda()
+        _same_bits(m(x), ops.fp4_linear(x, m.weight_quantized, m.bias))
+    m.load_quantized(FP4Linear.from_linear(torch.nn.Linear(256, 96).cuda(), fmt).weight_quantized)
+    x = torch.randn(4, 256, generator=g).to(torch.bfloat16).cuda()
+    _same_bits(m(x), ops.fp4_linear(x, m.weight_quantized, m.bias))
+
+
 # --- GPU: peers and Blackwell ------------------------------------------------------------------------------
 @gpu
 def test_against_torch_scaled_mm_where_supported():
