@@ -238,7 +238,7 @@ def test_dequantize_nvfp4_every_code_and_byte(ops, gs):
 def test_scale_byte_float32_sweep(low):
     """Scale bytes for amax over every exponent with mantissas at the rounding edges (all modes, formats)."""
     ms = torch.tensor([0, 1, 0x1FFFFF, 0x200000, 0x200001, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000,
-                       0x7FFFFF], dtype=torch.int32)
+                       0x600001, 0x6FFFFF, 0x700000, 0x700001, 0x7FFFFF], dtype=torch.int32)
     ms = torch.cat([ms, torch.randint(0, 1 << 23, (40,), generator=torch.Generator().manual_seed(9),
                                       dtype=torch.int32)])
     bits = ((torch.arange(256, dtype=torch.int32)[:, None] << 23) | ms[None, :]).reshape(-1)
@@ -373,3 +373,13 @@ def test_fast_encoders_against_generic_encode(low):
     for sign in (0, 0x80000000):
         assert n(1, sign | f32_bits(2.0**-4), sign | f32_bits(2.0**4), 1) == 0
     assert n(1, 0, 1 << 32, 257) == 0
+
+
+def test_rceil_exponent_without_division(low):
+    """RCEIL's division-free exponent against its definition (one IEEE division), for every MX element format:
+    every float32 pattern of the binades around each format's largest value and around the switch to the
+    division (amax = max_elem * 2^-125), and every 61st finite pattern."""
+    n = low.lib.cpu_fast_codec_mismatches
+    for lo, hi in ((2.0**-10, 2.0**18), (2.0**-124, 2.0**-107)):
+        assert n(2, f32_bits(lo), f32_bits(hi), 1) == 0
+    assert n(2, 0, 0x7F800000, 61) == 0

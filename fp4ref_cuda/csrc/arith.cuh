@@ -250,6 +250,22 @@ FP4_HD uint16_t f32_to_f16(float x) {
 // ---- MX block scales (fp4ref/mx.py) --------------------------------------------------------------------
 enum ScaleMode : int { FLOOR = 0, CEIL = 1, EVEN = 2, RCEIL = 3, STRETCH = 4 };
 
+// RCEIL's X, the smallest X with 2^X >= fp32(amax / max_elem), by its definition: one IEEE division.
+FP4_HD int rceil_exponent_by_division(uint32_t amax_bits, const Fmt& f) {
+  const uint32_t d = f2u(fdiv(u2f(amax_bits), f.max_finite));
+  const uint32_t de = d >> 23, dm = d & 0x7FFFFF;
+  return de > 0 ? (int)de - 127 + (dm != 0) : -127 + (dm > 0x400000u);
+}
+
+// The same X without the division where the quotient is normal (amax >= max_elem * 2^-125): fp32(a / M) <= 2^X
+// exactly when a <= M * 2^X (the reals within half an ulp above 2^X round down to it, and no float lies in
+// (M 2^X, M 2^X (1 + 2^-24)]), so X = e(a) - e(M) + (mantissa(a) > mantissa(M)). Tiny amax divides.
+FP4_HD int rceil_exponent(uint32_t amax_bits, const Fmt& f) {
+  const uint32_t mb = f2u(f.max_finite);
+  if (amax_bits < mb - (125u << 23)) return rceil_exponent_by_division(amax_bits, f);
+  return (int)(amax_bits >> 23) - (int)(mb >> 23) + ((amax_bits & 0x7FFFFFu) > (mb & 0x7FFFFFu));
+}
+
 // scale_exponent: unclamped X from the bits of a finite amax (E = field - 127, so subnormals -127).
 FP4_HD int scale_exponent(uint32_t amax_bits, const Fmt& f, int mode) {
   const int e = (int)(amax_bits >> 23) - 127;
@@ -259,11 +275,7 @@ FP4_HD int scale_exponent(uint32_t amax_bits, const Fmt& f, int mode) {
     case CEIL: return e + (m != 0) - f.emax;
     case EVEN: return (int)(((amax_bits + (1u << (22 - f.mbits))) >> 23) & 0xFF) - 127 - f.emax;  // half-up at the element precision
     case STRETCH: return e;
-    default: {  // RCEIL: smallest X with 2^X >= fp32(amax / max_elem)
-      const uint32_t d = f2u(fdiv(u2f(amax_bits), f.max_finite));
-      const uint32_t de = d >> 23, dm = d & 0x7FFFFF;
-      return de > 0 ? (int)de - 127 + (dm != 0) : -127 + (dm > 0x400000u);
-    }
+    default: return rceil_exponent(amax_bits, f);
   }
 }
 

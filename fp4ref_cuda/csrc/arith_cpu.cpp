@@ -106,7 +106,8 @@ void cpu_decode_e2m1_x2(const uint8_t* codes, float* out, int64_t n) {
 }
 
 // Mismatches of the quantizers' fast encoders against the generic encode(), over the float32 bit patterns
-// lo, lo + stride, ... < hi. which 0: encode_e4m3_sat_nonneg (patterns must be >= 0, not NaN); which 1:
+// lo, lo + stride, ... < hi. which 0: encode_e4m3_sat_nonneg (patterns must be >= 0, not NaN); which 2:
+// rceil_exponent against rceil_exponent_by_division (finite, >= 0); which 1:
 // encode_e2m1_sat_x8 on 8 patterns at a time, their signs flipped by a pseudo-random mask per group so that
 // every group mixes signs (NaN skipped: the quantizers zero NaN blocks).
 int64_t cpu_fast_codec_mismatches(int which, uint64_t lo, uint64_t hi, uint64_t stride) {
@@ -115,6 +116,12 @@ int64_t cpu_fast_codec_mismatches(int which, uint64_t lo, uint64_t hi, uint64_t 
   if (which == 0) {
     for (uint64_t u = lo; u < hi; u += stride)
       bad += encode_e4m3_sat_nonneg(u2f((uint32_t)u)) != encode(u2f((uint32_t)u), e4m3, true);
+    return bad;
+  }
+  if (which == 2) {  // rceil_exponent against its definition, every MX element format (finite amax >= 0)
+    for (int fmt = E2M1; fmt <= E5M2; ++fmt)
+      for (uint64_t u = lo; u < hi; u += stride)
+        bad += rceil_exponent((uint32_t)u, make_fmt(fmt)) != rceil_exponent_by_division((uint32_t)u, make_fmt(fmt));
     return bad;
   }
   float y[8];
