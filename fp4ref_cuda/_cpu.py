@@ -23,7 +23,7 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("arith_cpu.cpp", "arith.cuh", "tile.cuh", "dispatch.cuh", "launch.h")
 # Strict IEEE binary32: no FMA contraction, no fast-math (x86-64 and aarch64 do float32 in SSE/NEON).
 CXXFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math",
-            "-fPIC", "-shared"]
+            "-fPIC", "-shared", "-pthread"]  # threads: the emulated warps of the lane-split rotations
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _i, _i64, _u32, _f, _p = ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p

@@ -1,34 +1,93 @@
 // CPU build of fp4ref_cuda's numerics: the dispatch, tile functions and arith.cuh that the kernels run,
 // executed by a plain loop. tests/test_arith_cpu.py compiles this file with -ffp-contract=off (strict
 // IEEE float32, no FMA contraction, no fast-math) and calls it through ctypes against the reference.
+#define FP4_WARP_EMU 1  // tile.cuh: the lane-split rotations exchange through warp_emu_exchange
 #include "dispatch.cuh"
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 namespace fp4ref {
 
-struct HostExec {
-  template <class F>
-  void run(int64_t n, F f) {
-    for (int64_t i = 0; i < n; ++i) f(i);
+// One emulated warp: its 32 lanes run as threads; exchange_xor's values pass through `slot` between two
+// barriers (every lane writes, all wait, every lane reads its partner's, all wait before the next write).
+struct WarpEmu {
+  std::mutex m;
+  std::condition_variable cv;
+  int arrived = 0;
+  unsigned generation = 0;
+  float slot[32][32];
+
+  void barrier() {
+    std::unique_lock<std::mutex> lock(m);
+    const unsigned gen = generation;
+    if (++arrived == 32) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != gen; });
+    }
   }
-  template <class S, int PREP_N, class P, class F>
+};
+
+thread_local WarpEmu* t_warp = nullptr;
+thread_local int t_lane = 0;
+
+void warp_emu_exchange(const float* v, float* other, int n, int d) {
+  WarpEmu& w = *t_warp;
+  memcpy(w.slot[t_lane], v, sizeof(float) * n);
+  w.barrier();
+  memcpy(other, w.slot[t_lane ^ d], sizeof(float) * n);
+  w.barrier();
+}
+
+struct HostExec {
+  // f(i) for i < n in order; WARPS (n a multiple of 32): each warp of 32 consecutive i as 32 threads.
+  template <bool WARPS = false, class F>
+  void run(int64_t n, F f) {
+    if constexpr (WARPS) {
+      for_warps(n, [&](int64_t i) { f(i); });
+    } else {
+      for (int64_t i = 0; i < n; ++i) f(i);
+    }
+  }
+  template <class S, int PREP_N, bool WARPS = false, class P, class F>
   void run_shared(int64_t n, P prep, F f) {
     if (n <= 0) return;
     S s;
     for (int j = 0; j < PREP_N; ++j) prep(j, &s);
-    for (int64_t i = 0; i < n; ++i) f(i, s);
+    run<WARPS>(n, [&](int64_t i) { f(i, s); });
   }
   template <class F>
   void reduce_or(int64_t n, uint32_t* acc, F f) {
     for (int64_t i = 0; i < n; ++i) *acc |= f(i);
   }
-  template <class F>
+  template <bool WARPS = false, class F>
   void reduce_max(int64_t n, uint32_t* acc, F f) {
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t v = f(i);
-      *acc = v > *acc ? v : *acc;
-    }
+    std::vector<uint32_t> v(n > 0 ? n : 0);
+    run<WARPS>(n, [&](int64_t i) { v[i] = f(i); });
+    for (const uint32_t x : v) *acc = x > *acc ? x : *acc;
   }
   int status() const { return 0; }
+
+ private:
+  template <class F>
+  static void for_warps(int64_t n, F f) {
+    for (int64_t w0 = 0; w0 < n; w0 += 32) {
+      WarpEmu warp;
+      std::vector<std::thread> lanes;
+      for (int lane = 0; lane < 32; ++lane)
+        lanes.emplace_back([&, lane] {
+          t_warp = &warp;
+          t_lane = lane;
+          f(w0 + lane);
+        });
+      for (auto& t : lanes) t.join();
+    }
+  }
 };
 
 }  // namespace fp4ref

@@ -16,13 +16,9 @@
 namespace fp4ref {
 
 // Rotations of 64 to 256 (fused with a quantizer: 64 and 128) split each block over HB / 32 threads that
-// exchange through warp shuffles (rotated_lanes) in the CUDA build; the CPU build runs the one-thread tile,
-// the same arithmetic.
-#if defined(__CUDACC__)
+// exchange through warp shuffles (rotated_lanes); the executors run these calls on whole warps
+// (`run<true>`, ...: the CPU build emulates each warp's lanes as threads).
 constexpr bool kLaneSplitRotations = true;
-#else
-constexpr bool kLaneSplitRotations = false;
-#endif
 
 // Thread count for `tiles` lane tiles of 32 elements, rounded up to whole warps: every shuffle of
 // rotated_lanes has the full warp (the extra lanes load and store nothing).
@@ -132,7 +128,7 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
     FP4_DISPATCH_FUSED(hb, HB, {
       if constexpr (HB >= 64 && kLaneSplitRotations) {
         const int64_t tiles = n / 32;
-        ex.reduce_max(whole_warps(tiles), amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
+        ex.template reduce_max<true>(whole_warps(tiles), amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
           return finite_amax_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale);
         });
       } else {
@@ -161,7 +157,7 @@ int do_hadamard(Exec& ex, int dtype, const void* x, float* out, int64_t n, int h
     FP4_DISPATCH_POW2(hb, HB, {
       if constexpr (HB >= 64 && kLaneSplitRotations) {
         const int64_t tiles = n / 32;
-        ex.run(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) {
+        ex.template run<true>(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) {
           hadamard_tile_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale, out);
         });
       } else if constexpr (HB > 1) {
@@ -191,7 +187,7 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       FP4_DISPATCH_FUSED(hb, HB, {
         if constexpr (HB >= 64 && kLaneSplitRotations) {
           const int64_t tiles = n / 32;
-          ex.template run_shared<NvTeConsts, NV_TE_TABLE>(whole_warps(tiles), prep,
+          ex.template run_shared<NvTeConsts, NV_TE_TABLE, true>(whole_warps(tiles), prep,
               [=] FP4_LAMBDA(int64_t i, const NvTeConsts& c) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p, &c); });
         } else {
           // Two or more blocks per tile. A last half tile (n % 32 == 16, only without a rotation wider than
@@ -214,7 +210,7 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       FP4_DISPATCH_FUSED(hb, HB, {
         if constexpr (HB >= 64 && kLaneSplitRotations) {
           const int64_t tiles = n / 32;
-          ex.run(whole_warps(tiles),
+          ex.template run<true>(whole_warps(tiles),
                  [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 32, MX_E2M1>(xi, i, tiles, p); });
         } else {
           constexpr int T = HB > 32 ? HB : 32;

@@ -69,13 +69,15 @@ struct CudaExec {
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess && rc == 0) rc = (int)e;
   }
-  template <class F>
+  // WARPS (the lane-split rotations' calls, n a multiple of 32) changes nothing here: every GPU warp runs its
+  // 32 lanes together.
+  template <bool WARPS = false, class F>
   void run(int64_t n, F f) {
     if (n <= 0 || rc != 0) return;
     for_each_kernel<<<grid(n), THREADS, 0, stream>>>(n, f);
     note();
   }
-  template <class S, int PREP_N, class P, class F>
+  template <class S, int PREP_N, bool WARPS = false, class P, class F>
   void run_shared(int64_t n, P prep, F f) {
     if (n <= 0 || rc != 0) return;
     for_each_shared_kernel<S, PREP_N><<<grid(n), THREADS, 0, stream>>>(n, prep, f);
@@ -91,7 +93,7 @@ struct CudaExec {
     reduce_kernel<false><<<reduce_grid(n), THREADS, 0, stream>>>(n, acc, f);
     note();
   }
-  template <class F>
+  template <bool WARPS = false, class F>
   void reduce_max(int64_t n, uint32_t* acc, F f) {
     if (n <= 0 || rc != 0) return;
     reduce_kernel<true><<<reduce_grid(n), THREADS, 0, stream>>>(n, acc, f);

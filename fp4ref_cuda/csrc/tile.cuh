@@ -414,6 +414,26 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p, const NvTeC
   quant_values<T, QB, KIND>(v, t, p, nc);
 }
 
+// other[j] = v[j] of lane (this lane ^ d), j < N, within a warp whose 32 lanes all call it: one
+// __shfl_xor_sync per value on the GPU. The CPU build (FP4_WARP_EMU, arith_cpu.cpp) runs a warp's 32 lanes as
+// 32 threads and exchanges through memory between two barriers (warp_emu_exchange), so that it executes the
+// lane-split code below exactly as the GPU does.
+#if defined(FP4_WARP_EMU) && !defined(__CUDA_ARCH__)
+void warp_emu_exchange(const float* v, float* other, int n, int d);
+#endif
+
+template <int N>
+FP4_HD void exchange_xor(const float* v, float* other, int d) {
+#ifdef __CUDA_ARCH__
+  FP4_UNROLL
+  for (int j = 0; j < N; ++j) other[j] = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
+#elif defined(FP4_WARP_EMU)
+  warp_emu_exchange(v, other, N, d);
+#else
+  (void)v; (void)other; (void)d;  // the host pass of the CUDA build never runs lane-split code
+#endif
+}
+
 // Rotation blocks of 64, 128 and 256 split over L = HB / 32 threads instead of one (one thread would hold
 // HB floats: 168 registers and one CTA per SM at HB = 128, spills at 256). Thread i holds elements
 // [32i, 32i + 32) of the tensor, lane q = i % L of its block: the signs and the butterfly's stages h < 32
@@ -421,13 +441,11 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p, const NvTeC
 // computing its own half of (a + b, a - b) with the same single IEEE operations in the same stage order,
 // then the product by rscale. The caller runs whole warps (i up to whole_warps(tiles); the extra
 // lanes load and store nothing), so every shuffle has the full warp, and the L threads of a block are
-// consecutive lanes of one warp. GPU only: the CPU build runs the one-thread tiles (quant_tile,
-// finite_amax_tile, hadamard_tile with T = HB), the same arithmetic in one thread.
+// consecutive lanes of one warp. The CPU build runs it too, on emulated warps (exchange_xor).
 template <typename In, int HB>
 FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
                           float rscale, float* v) {
   static_assert(HB == 64 || HB == 128 || HB == 256, "lane-split rotations are 64, 128 or 256 wide");
-#ifdef __CUDA_ARCH__
   constexpr int L = HB / 32;
   if (i < tiles) {
     rotated_tile<In, 32, 1>(x, i, signs, sign_len, 1.0f, v);  // load and signs, no rotation yet
@@ -443,17 +461,13 @@ FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* si
     // addition of the negation, and addition commutes): one branch-free form, other + own * sign in one
     // fused multiply-add, which rounds once, like the addition, because own * (±1) is exact.
     const float sign = (q & d) ? -1.0f : 1.0f;
+    float other[32];
+    exchange_xor<32>(v, other, d);
     FP4_UNROLL
-    for (int j = 0; j < 32; ++j) {
-      const float other = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
-      v[j] = ffma(v[j], sign, other);
-    }
+    for (int j = 0; j < 32; ++j) v[j] = ffma(v[j], sign, other[j]);
   }
   FP4_UNROLL
   for (int j = 0; j < 32; ++j) v[j] = fmul(v[j], rscale);
-#else
-  (void)x; (void)i; (void)tiles; (void)signs; (void)sign_len; (void)rscale; (void)v;  // GPU only (see above)
-#endif
 }
 
 template <typename In, int HB, int QB, int KIND>
@@ -614,7 +628,7 @@ FP4_HD void hadamard_tile(const In* x, int64_t t, const float* signs, int64_t si
   copy_bytes<HB * 4>(out + t * HB, v);
 }
 
-// hadamard_tile for rotation blocks of 64 to 256, split over HB / 32 lanes (rotated_lanes; GPU only).
+// hadamard_tile for rotation blocks of 64 to 256, split over HB / 32 lanes (rotated_lanes).
 template <typename In, int HB>
 FP4_HD void hadamard_tile_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
                                 float rscale, float* out) {
