@@ -36,8 +36,13 @@ __global__ void probe_nv_dequant_table(const uint8_t* data, const uint8_t* scale
   if (!dequant_e2m1_by_table<bf16_t, 16>(data + blk * 8, hs, *gs, true, out + blk * 16)) out[0].bits = 1;
 }
 __global__ void probe_mx_dequant_tile(const uint8_t* data, const uint8_t* scales, bf16_t* out) {
+  // the whole per-thread work of the MXFP4 -> bf16 dequantizer: table or per-element path, staged store
+  __shared__ __align__(16) uint8_t stage[256 * 64];
   DequantParams p{E2M1, false, data, scales, nullptr};
-  dequant_tile<bf16_t, 32, MX_E2M1>(blockIdx.x * 256 + threadIdx.x, p, out);
+  const int64_t i = blockIdx.x * 256 + threadIdx.x;
+  alignas(16) bf16_t v[32];
+  dequant_tile<bf16_t, 32, MX_E2M1>(i, p, v);
+  store_tile<64>(reinterpret_cast<uint8_t*>(out), i, int64_t{1} << 40, v, stage + (threadIdx.x >> 5) * 2048);
 }
 
 // ---- the small-M GEMM: one 128-wide chunk of one lane (dequantize 256 W elements and 32 or 64 mma) ----

@@ -235,6 +235,21 @@ def test_dequantize_nvfp4_every_code_and_byte(ops, gs):
         bits_equal(ops.dequantize_nvfp4(q, dtype), nvfp4.dequantize_nvfp4(q, dtype))
 
 
+@pytest.mark.parametrize("blocks", [32, 101])
+def test_dequantize_staged_stores(ops, blocks):
+    """The dequantizers store through the warp's stage (store_tile): 32 tiles per emulated warp, the last
+    warp partial (101 blocks), every tile size (16/32 elements × 2/4 bytes)."""
+    g = torch.Generator().manual_seed(blocks)
+    x = torch.randn(blocks, 32, generator=g) * torch.exp2(torch.randint(-8, 8, (blocks, 1), generator=g).float())
+    for elem, mode in (("e2m1", "floor"), ("e2m1", "stretch"), ("e4m3", "floor")):
+        q = mx.quantize_mx(x, elem, block_size=32, scale_mode=mode)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            bits_equal(ops.dequantize_mx(q, dtype), mx.dequantize_mx(q, dtype))
+    q = nvfp4.quantize_nvfp4(x[:, :16].contiguous())
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bits_equal(ops.dequantize_nvfp4(q, dtype), nvfp4.dequantize_nvfp4(q, dtype))
+
+
 def test_scale_byte_float32_sweep(low):
     """Scale bytes for amax over every exponent with mantissas at the rounding edges (all modes, formats)."""
     ms = torch.tensor([0, 1, 0x1FFFFF, 0x200000, 0x200001, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000,

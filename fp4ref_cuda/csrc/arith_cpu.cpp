@@ -19,6 +19,7 @@ struct WarpEmu {
   int arrived = 0;
   unsigned generation = 0;
   float slot[32][32];
+  alignas(16) uint8_t stage[32 * 256];  // store_tile's stage (tiles of at most 256 bytes)
 
   void barrier() {
     std::unique_lock<std::mutex> lock(m);
@@ -44,6 +45,8 @@ void warp_emu_exchange(const float* v, float* other, int n, int d) {
   w.barrier();
 }
 
+void warp_emu_barrier() { t_warp->barrier(); }
+
 struct HostExec {
   // f(i) for i < n in order; WARPS (n a multiple of 32): each warp of 32 consecutive i as 32 threads.
   template <bool WARPS = false, class F>
@@ -61,6 +64,20 @@ struct HostExec {
     for (int j = 0; j < PREP_N; ++j) prep(j, &s);
     run<WARPS>(n, [&](int64_t i) { f(i, s); });
   }
+  // store_tile's staging on emulated warps for launches of up to kStagedEmulationMax threads; larger ones
+  // (the every-pattern sweeps) pass no stage and store each tile directly: the same bytes, without the cost
+  // of 32 threads meeting at two barriers per warp. The staging is pure data movement, so the smaller
+  // launches (most tests, and test_dequantize_staged_stores) prove its indexing.
+  static constexpr int64_t kStagedEmulationMax = 4096;
+  template <int BYTES, class F>
+  void run_staged(int64_t n, F f) {
+    static_assert(BYTES <= 256, "WarpEmu::stage holds 32 tiles of at most 256 bytes");
+    if (n > kStagedEmulationMax) {
+      for (int64_t i = 0; i < n; ++i) f(i, nullptr);
+    } else {
+      for_warps(n, [&](int64_t i) { f(i, t_warp->stage); });
+    }
+  }
   template <class F>
   void reduce_or(int64_t n, uint32_t* acc, F f) {
     for (int64_t i = 0; i < n; ++i) *acc |= f(i);
@@ -74,19 +91,23 @@ struct HostExec {
   int status() const { return 0; }
 
  private:
+  // 32 threads, one per lane, run the warps one after another (a barrier between warps keeps a fast lane
+  // from touching the shared buffers while its warp is still using them).
   template <class F>
   static void for_warps(int64_t n, F f) {
-    for (int64_t w0 = 0; w0 < n; w0 += 32) {
-      WarpEmu warp;
-      std::vector<std::thread> lanes;
-      for (int lane = 0; lane < 32; ++lane)
-        lanes.emplace_back([&, lane] {
-          t_warp = &warp;
-          t_lane = lane;
+    if (n <= 0) return;
+    WarpEmu warp;
+    std::vector<std::thread> lanes;
+    for (int lane = 0; lane < 32; ++lane)
+      lanes.emplace_back([&, lane] {
+        t_warp = &warp;
+        t_lane = lane;
+        for (int64_t w0 = 0; w0 < n; w0 += 32) {
           f(w0 + lane);
-        });
-      for (auto& t : lanes) t.join();
-    }
+          warp.barrier();
+        }
+      });
+    for (auto& t : lanes) t.join();
   }
 };
 

@@ -228,6 +228,19 @@ int do_quant(Exec& ex, int dtype, int kind, int qb, int hb, const void* x, int64
                        : do_quant_family<false>(ex, dtype, kind, qb, hb, x, n, p);
 }
 
+// One block per thread, stored through the warp's stage (store_tile): whole warps.
+template <typename Out, int QB, int KIND, class Exec>
+void do_dequant_tiles(Exec& ex, int64_t n, const DequantParams& p, Out* out) {
+  constexpr int BYTES = QB * (int)sizeof(Out);
+  uint8_t* const ob = reinterpret_cast<uint8_t*>(out);
+  const int64_t tiles = n / QB;
+  ex.template run_staged<BYTES>(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i, uint8_t* stage) {
+    alignas(16) Out v[QB];
+    if (i < tiles) dequant_tile<Out, QB, KIND>(i, p, v);
+    store_tile<BYTES>(ob, i, tiles, v, stage);
+  });
+}
+
 template <class Exec>
 int do_dequant(Exec& ex, int out_dtype, int kind, int qb, int64_t n, const DequantParams& p, void* out) {
   const bool tiled = (kind == NV_TE && qb == 16) || (kind != NV_TE && qb == 32);
@@ -236,11 +249,11 @@ int do_dequant(Exec& ex, int out_dtype, int kind, int qb, int64_t n, const Dequa
     if (!tiled) {
       ex.run(n / qb, [=] FP4_LAMBDA(int64_t i) { dequant_block_generic<Out>(i, qb, kind, p, o); });
     } else if (kind == NV_TE) {
-      ex.run(n / 16, [=] FP4_LAMBDA(int64_t i) { dequant_tile<Out, 16, NV_TE>(i, p, o); });
+      do_dequant_tiles<Out, 16, NV_TE>(ex, n, p, o);
     } else if (kind == MX_E2M1) {
-      ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { dequant_tile<Out, 32, MX_E2M1>(i, p, o); });
+      do_dequant_tiles<Out, 32, MX_E2M1>(ex, n, p, o);
     } else {
-      ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { dequant_tile<Out, 32, MX_ANY>(i, p, o); });
+      do_dequant_tiles<Out, 32, MX_ANY>(ex, n, p, o);
     }
   })
   return ex.status();

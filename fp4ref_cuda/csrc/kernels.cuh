@@ -27,6 +27,15 @@ __global__ void __launch_bounds__(THREADS) for_each_shared_kernel(int64_t n, P p
   for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) f(i, s);
 }
 
+// for_each_kernel whose f(i, stage) also gets its warp's BYTES * 32 bytes of shared memory (store_tile).
+template <int BYTES, class F>
+__global__ void __launch_bounds__(THREADS) for_each_staged_kernel(int64_t n, F f) {
+  __shared__ __align__(16) uint8_t stage[THREADS * BYTES];
+  uint8_t* const mine = stage + (threadIdx.x >> 5) * (32 * BYTES);
+  const int64_t stride = (int64_t)gridDim.x * THREADS;
+  for (int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += stride) f(i, mine);
+}
+
 // OR (error flags) or unsigned max (float32 magnitude bits) of f(i) over all i into *acc: per thread (a
 // grid-stride loop over a grid of at most REDUCE_BLOCKS blocks), then per warp, then per block through
 // shared memory, then one atomic per block. (Atomics on one address are serialized at the L2: one per warp
@@ -81,6 +90,12 @@ struct CudaExec {
   void run_shared(int64_t n, P prep, F f) {
     if (n <= 0 || rc != 0) return;
     for_each_shared_kernel<S, PREP_N><<<grid(n), THREADS, 0, stream>>>(n, prep, f);
+    note();
+  }
+  template <int BYTES, class F>
+  void run_staged(int64_t n, F f) {
+    if (n <= 0 || rc != 0) return;
+    for_each_staged_kernel<BYTES><<<grid(n), THREADS, 0, stream>>>(n, f);
     note();
   }
   static unsigned reduce_grid(int64_t n) {

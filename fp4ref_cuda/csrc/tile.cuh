@@ -420,6 +420,7 @@ FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p, const NvTeC
 // lane-split code below exactly as the GPU does.
 #if defined(FP4_WARP_EMU) && !defined(__CUDA_ARCH__)
 void warp_emu_exchange(const float* v, float* other, int n, int d);
+void warp_emu_barrier();
 #endif
 
 template <int N>
@@ -524,6 +525,53 @@ FP4_HD void quant_block_generic(const In* x, int64_t blk, int qb, int kind, cons
   store_scale(p, blk, byte);
 }
 
+// ---- warp-coalesced stores ---------------------------------------------------------------------------
+// A warp's 32 consecutive tiles of BYTES bytes are one contiguous range of the output. Stored by their own
+// lanes, each 16-byte store instruction of the warp would write 32 pieces BYTES apart, half or a quarter of
+// a 32-byte sector each. store_tile stages them through memory the warp shares instead (GPU: shared memory;
+// CPU build: the emulated warp's buffer) so that store instruction c writes bytes [512c, 512c + 512) of the
+// range: consecutive lanes on consecutive 16 bytes, whole sectors. A warp with fewer than 32 tiles (the
+// last one), or no stage (the CPU build's large launches), stores directly. The caller runs whole warps
+// (extra lanes: i >= tiles).
+FP4_HD void warp_sync() {
+#ifdef __CUDA_ARCH__
+  __syncwarp();
+#elif defined(FP4_WARP_EMU)
+  warp_emu_barrier();
+#endif
+}
+
+// Position of 16-byte chunk j of lane u's tile (C chunks per tile) in the stage, XOR-swizzled: the 8 lanes of
+// one 128-byte shared-memory phase, writing the same j or reading 8 consecutive chunks, use 8 different
+// groups of 4 banks (no conflicts).
+template <int C>
+FP4_HD int stage_chunk(int u, int j) {
+  return u * C + (j ^ ((u * C >> 3) & (C - 1)));
+}
+
+template <int BYTES>
+FP4_HD void store_tile(uint8_t* out, int64_t i, int64_t tiles, const void* mine, uint8_t* stage) {
+  constexpr int C = BYTES / 16;
+  if constexpr (C >= 2) {
+    if (stage != nullptr && (i | 31) < tiles) {  // warp-uniform: the whole warp has tiles
+      const int lane = static_cast<int>(i & 31);
+      FP4_UNROLL
+      for (int j = 0; j < C; ++j)
+        copy_bytes<16>(stage + 16 * stage_chunk<C>(lane, j), static_cast<const uint8_t*>(mine) + 16 * j);
+      warp_sync();
+      uint8_t* base = out + (i - lane) * BYTES;
+      FP4_UNROLL
+      for (int c = 0; c < C; ++c) {
+        const int q = c * 32 + lane;
+        copy_bytes<16>(base + 16 * q, stage + 16 * stage_chunk<C>(q / C, q % C));
+      }
+      warp_sync();  // before the stage's next use
+      return;
+    }
+  }
+  if (i < tiles) copy_bytes<BYTES>(out + i * BYTES, mine);
+}
+
 // ---- dequantizers ------------------------------------------------------------------------------------
 // Dequantize QB packed E2M1 codes of one block to a 16-bit float type by table lookup. val(code) for the 8
 // magnitudes is computed once per block exactly as the per-element path would (one product, or two for
@@ -574,9 +622,9 @@ FP4_HD bool dequant_e2m1_by_table(const uint8_t* raw, float hs, float gs, bool n
   return true;
 }
 
-// Dequantize block `blk` of QB elements (packed e2m1 unless MX_ANY).
+// Dequantize block `blk` of QB elements (packed e2m1 unless MX_ANY) into o (QB values, 16-byte aligned).
 template <typename Out, int QB, int KIND>
-FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
+FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* o) {
   constexpr int IN_BYTES = KIND == MX_ANY ? QB : QB / 2;
   alignas(16) uint8_t raw[IN_BYTES];
   copy_bytes<IN_BYTES>(raw, p.data + blk * IN_BYTES);
@@ -586,8 +634,7 @@ FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
   // half the block scale (exact: a power of two or an E4M3 value, halved), times 2 * e2m1 below
   const float hs = fmul(KIND == NV_TE ? decode_e4m3(byte) : decode_e8m0(byte), 0.5f);
   if constexpr (KIND != MX_ANY && !std::is_same_v<Out, float>) {
-    if ((KIND == NV_TE || !p.stretch) && dequant_e2m1_by_table<Out, QB>(raw, hs, gs, KIND == NV_TE, out + blk * QB))
-      return;
+    if ((KIND == NV_TE || !p.stretch) && dequant_e2m1_by_table<Out, QB>(raw, hs, gs, KIND == NV_TE, o)) return;
   }
   float vals[QB];
   FP4_UNROLL
@@ -603,9 +650,7 @@ FP4_HD void dequant_tile(int64_t blk, const DequantParams& p, Out* out) {
     }
     vals[j] = v;
   }
-  alignas(16) Out o[QB];
   convert_out<QB>(vals, o);
-  copy_bytes<QB * (int)sizeof(Out)>(out + blk * QB, o);
 }
 
 template <typename Out>
