@@ -39,6 +39,9 @@ _SIGS = {
     "cpu_quant": [_i, _i, _i, _i, _p, _i64, _i, _i, _p, _i64, _f, _p, _p, _p, _p, _p, _i64],
     "cpu_dequant": [_i, _i, _i, _i64, _i, _i, _p, _p, _p, _p],
     "cpu_fast_codec_mismatches": [_i, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64],
+    "cpu_fold_mismatches": [_u32, _u32],
+    "cpu_fold_byte_min": [],
+    "cpu_fold_byte_max": [],
     "cpu_scale_byte": [_u32, _i, _i],
     "cpu_te_encode_scale": [_f],
     "cpu_encode_e2m1_sat": [_p, _p, _i64],
@@ -81,7 +84,8 @@ class CpuLow:
             fn.argtypes = args
             fn.restype = {"cpu_scale_byte": _u32, "cpu_te_encode_scale": _f, "cpu_encode_e2m1_sat": None,
                           "cpu_decode_e2m1_x2": None,
-                          "cpu_fast_codec_mismatches": _i64}.get(name, _i)
+                          "cpu_fast_codec_mismatches": _i64, "cpu_fold_mismatches": _i64,
+                          "cpu_fold_byte_min": _u32, "cpu_fold_byte_max": _u32}.get(name, _i)
 
     def _ok(self, rc: int) -> None:
         if rc != 0:

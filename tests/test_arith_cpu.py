@@ -355,6 +355,36 @@ def test_hadamard_quantize(ops, fmt, hb):
                     bits_equal(got.global_scale, want.global_scale)
 
 
+def test_mx_rotation_scale_fold_bounds(low):
+    """The fold of the rotation's rscale into the MXFP4 scale, fp32(u * fp32(r * 2^-X)) for
+    fp32(fp32(u * r) * 2^-X), gives the same E2M1 code for every u near every grid point, rounding midpoint and
+    subnormal edge wherever the kernels use it (tile.cuh's FOLD_BYTE_MIN..MAX: -123 <= X <= 122), and does not
+    just outside."""
+    n = low.lib.cpu_fold_mismatches
+    lo, hi = low.lib.cpu_fold_byte_min(), low.lib.cpu_fold_byte_max()
+    assert (lo, hi) == (4, 249)
+    assert n(lo, hi) == 0
+    assert n(0, 2) > 0 and n(250, 254) > 0
+
+
+@pytest.mark.parametrize("hb", [16, 32, 64, 128])
+def test_hadamard_quantize_mx_extreme_scales(ops, hb):
+    """Fused MXFP4 folds the rotation's rscale into the block scale (one product per element) only for block
+    exponents -123 <= X <= 122; rows scaled to each side of those bounds (and across them) take the other
+    path. Every scale mode, float32 input (the bf16-like magnitudes of the others included)."""
+    g = torch.Generator().manual_seed(hb)
+    base = torch.randn(24, 256, generator=g)
+    base[:, ::7] *= 2.0**-12  # small elements next to large ones: subnormal products in tiny blocks
+    exps = torch.tensor([-149, -140, -134, -128, -125, -123, -121, -100, 0, 100, 118, 121, 122, 123, 124, 125,
+                         126, 127, -130, -126, -124, 119, 120, 60], dtype=torch.float32)
+    x = (base * torch.exp2(exps)[:, None]).contiguous()
+    for mode in mx.SCALE_MODES:
+        got = ops.hadamard_quantize(x, "mxfp4", hadamard_block=hb, scale_mode=mode)
+        want = reference_hadamard_quantize(x, "mxfp4", hb, None, mode, None)
+        codes_equal(got.scales, want.scales)
+        codes_equal(got.data, want.data)
+
+
 def test_hadamard_quantize_odd_rows(ops):
     """A row count that is not a multiple of 128 (swizzle padding) and a 1-D input."""
     x = rotation_input(torch.bfloat16, rows=131, k=64, seed=5)

@@ -221,4 +221,40 @@ int64_t cpu_fast_codec_mismatches(int which, uint64_t lo, uint64_t hi, uint64_t 
   return bad;
 }
 
+// E2M1 code mismatches between the fused MXFP4 quantizer's two ways of scaling a rotated value u:
+// fp32(fp32(u * r) * 2^-X) (the definition) and fp32(u * fp32(r * 2^-X)) (the fold), for the scale bytes
+// [byte_lo, byte_hi], rscale r of each fused rotation block (16..128), and u of both signs within 64 ulps of
+// where the product meets each E2M1 grid point and rounding midpoint, and of where fp32(u * r) becomes subnormal.
+uint32_t cpu_fold_byte_min() { return FOLD_BYTE_MIN; }
+uint32_t cpu_fold_byte_max() { return FOLD_BYTE_MAX; }
+
+int64_t cpu_fold_mismatches(uint32_t byte_lo, uint32_t byte_hi) {
+  const float rs[4] = {0.25f, 0.17677669f, 0.125f, 0.088388346f};  // fp32(1 / fp32(sqrt(HB))), HB = 16..128
+  const float targets[16] = {0.25f, 0.5f, 0.75f, 1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 3.5f, 4.0f, 5.0f, 6.0f,
+                             7.0f, 0.0f};
+  int64_t bad = 0;
+  for (uint32_t byte = byte_lo; byte <= byte_hi; ++byte) {
+    const float s = inverse_scale(byte);
+    for (const float r : rs) {
+      const float f = fmul(r, s);
+      for (const float m : targets) {
+        // u0: the real m * 2^X / r, rounded; the last target is u with fp32(u * r) at the smallest normal
+        const float u0 = m != 0.0f ? (float)((double)m / (double)s / (double)r) : (float)(0x1p-126 / (double)r);
+        const uint32_t b0 = f2u(u0);
+        if ((b0 & 0x7F800000u) == 0x7F800000u || b0 == 0) continue;
+        for (int d = -64; d <= 64; ++d) {
+          for (const uint32_t sign : {0u, 0x80000000u}) {
+            const float u = u2f((uint32_t)((int64_t)b0 + d) | sign);
+            if (!(fabsf(u) < 3.0e38f)) continue;
+            const uint32_t c_ref = encode_e2m1_sat(fmul(fmul(u, r), s));
+            const uint32_t c_fold = encode_e2m1_sat(fmul(u, f));
+            bad += c_ref != c_fold;
+          }
+        }
+      }
+    }
+  }
+  return bad;
+}
+
 }  // extern "C"

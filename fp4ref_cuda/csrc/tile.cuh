@@ -267,7 +267,8 @@ FP4_HD uint32_t encode_e2m1_sat_x8(const float* y) {
 
 // ---- block quantizers (MX and NVFP4), optionally after a block Hadamard rotation ------------------------
 // Loads tile t (T elements), applies signs and the rotation (HB > 1): the input of every quantizer.
-template <typename In, int T, int HB>
+// SCALE = false leaves out the final product by rscale (the MXFP4 quantizer folds it into its own).
+template <typename In, int T, int HB, bool SCALE = true>
 FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sign_len, float rscale, float* v) {
   load_tile<In, T>(x + t * T, v);
   if (signs != nullptr) {
@@ -278,8 +279,10 @@ FP4_HD void rotated_tile(const In* x, int64_t t, const float* signs, int64_t sig
   }
   if constexpr (HB > 1) {
     butterfly<T, HB>(v);
-    FP4_UNROLL
-    for (int j = 0; j < T; ++j) v[j] = fmul(v[j], rscale);
+    if constexpr (SCALE) {
+      FP4_UNROLL
+      for (int j = 0; j < T; ++j) v[j] = fmul(v[j], rscale);
+    }
   }
 }
 
@@ -350,10 +353,20 @@ FP4_HD void nv_te_prepare(float amax, int i, NvTeConsts* c) {
   }
 }
 
-// Quantize the T (rotated) values v of tile t: T / QB blocks (NVFP4: with the constants nc). E2M1 codes are packed 8 per word, element 8w
-// in the low nibble of word w (so pack_fp4's byte order on a little-endian GPU).
-template <int T, int QB, int KIND>
+// MXFP4 after a rotation takes the butterfly's output u unscaled (FOLD) and computes each element as
+// fp32(u * fp32(rscale * 2^-X)), one product instead of fp32(fp32(u * rscale) * 2^-X): equal wherever
+// rscale * 2^-X is a normal float (then scaling by 2^-X commutes with rounding) and fp32(u * rscale) * 2^-X
+// cannot be a value of nonzero code computed from a float32 subnormal: -123 <= X <= 122 (rscale >= 2^-4).
+// Outside that range the two products are kept. The block amax is fp32(max |u| * rscale), which is
+// max |fp32(u * rscale)| because rounding is monotonic.
+constexpr uint32_t FOLD_BYTE_MIN = 127 - 123, FOLD_BYTE_MAX = 127 + 122;
+
+// Quantize the T (rotated) values v of tile t: T / QB blocks (NVFP4: with the constants nc; FOLD: v not yet
+// multiplied by p.rscale, see above). E2M1 codes are packed 8 per word, element 8w in the low nibble of word w
+// (so pack_fp4's byte order on a little-endian GPU).
+template <int T, int QB, int KIND, bool FOLD = false>
 FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p, const NvTeConsts* nc) {
+  static_assert(!FOLD || KIND == MX_E2M1, "only the MXFP4 scale (a power of two) folds the rotation's scale");
   static_assert(T % QB == 0 && QB % 8 == 0, "tile must hold whole blocks");
   if constexpr (KIND == NV_TE) {
     if (t == 0 && p.global_scale != nullptr) *p.global_scale = nc->s_dec;
@@ -362,7 +375,8 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p, const 
   FP4_UNROLL
   for (int b = 0; b < T / QB; ++b) {
     const float* vb = v + b * QB;
-    const uint32_t am = block_amax_bits<QB>(vb);
+    uint32_t am = block_amax_bits<QB>(vb);
+    if constexpr (FOLD) am = am >= F32_INF ? am : f2u(fmul(u2f(am), p.rscale));
     const bool bad = am >= F32_INF;
     uint32_t byte;
     if constexpr (KIND == MX_ANY) {
@@ -387,12 +401,23 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p, const 
         scale = inverse_scale(byte);
       }
       const bool stretch = KIND == MX_E2M1 && p.mode == STRETCH;
+      float u[QB];
+      FP4_UNROLL
+      for (int j = 0; j < QB; ++j) u[j] = vb[j];
+      if constexpr (FOLD) {
+        if (byte >= FOLD_BYTE_MIN && byte <= FOLD_BYTE_MAX) {
+          scale = fmul(p.rscale, scale);
+        } else {  // rare (|X| > 122): the rotation's product first, as without the fold
+          FP4_UNROLL
+          for (int j = 0; j < QB; ++j) u[j] = fmul(u[j], p.rscale);
+        }
+      }
       FP4_UNROLL
       for (int w = 0; w < QB / 8; ++w) {
         float y[8];
         FP4_UNROLL
         for (int j = 0; j < 8; ++j) {
-          y[j] = fmul(vb[8 * w + j], scale);
+          y[j] = fmul(u[8 * w + j], scale);
           if (stretch) y[j] = fmul(y[j], 3.0f);
         }
         const uint32_t word = encode_e2m1_sat_x8(y);
@@ -409,29 +434,34 @@ FP4_HD void quant_values(const float* v, int64_t t, const QuantParams& p, const 
 template <typename In, int T, int HB, int QB, int KIND>
 FP4_HD void quant_tile(const In* x, int64_t t, const QuantParams& p, const NvTeConsts* nc = nullptr) {
   static_assert(T % HB == 0, "tile must hold whole rotations");
+  constexpr bool FOLD = KIND == MX_E2M1 && HB > 1;
   float v[T];
-  rotated_tile<In, T, HB>(x, t, p.signs, p.sign_len, p.rscale, v);
-  quant_values<T, QB, KIND>(v, t, p, nc);
+  rotated_tile<In, T, HB, !FOLD>(x, t, p.signs, p.sign_len, p.rscale, v);
+  quant_values<T, QB, KIND, FOLD>(v, t, p, nc);
 }
 
-// other[j] = v[j] of lane (this lane ^ d), j < N, within a warp whose 32 lanes all call it: one
-// __shfl_xor_sync per value on the GPU. The CPU build (FP4_WARP_EMU, arith_cpu.cpp) runs a warp's 32 lanes as
-// 32 threads and exchanges through memory between two barriers (warp_emu_exchange), so that it executes the
-// lane-split code below exactly as the GPU does.
+// Exchanges within a warp whose 32 lanes all take part: __shfl_xor_sync on the GPU. The CPU build
+// (FP4_WARP_EMU, arith_cpu.cpp) runs a warp's 32 lanes as 32 threads and exchanges through memory between two
+// barriers (warp_emu_exchange: other[j] = v[j] of lane ^ d), so that it executes the lane-split code below as
+// the GPU does.
 #if defined(FP4_WARP_EMU) && !defined(__CUDA_ARCH__)
 void warp_emu_exchange(const float* v, float* other, int n, int d);
 void warp_emu_barrier();
 #endif
 
+// The cross-lane butterfly stage: v[j] = fp32(v[j] * sign + (v[j] of lane ^ d)), j < N. On the GPU each value
+// is shuffled and combined at once (no second array of N live values).
 template <int N>
-FP4_HD void exchange_xor(const float* v, float* other, int d) {
+FP4_HD void butterfly_across_lanes(float* v, int d, float sign) {
 #ifdef __CUDA_ARCH__
   FP4_UNROLL
-  for (int j = 0; j < N; ++j) other[j] = __shfl_xor_sync(0xFFFFFFFFu, v[j], d);
+  for (int j = 0; j < N; ++j) v[j] = ffma(v[j], sign, __shfl_xor_sync(0xFFFFFFFFu, v[j], d));
 #elif defined(FP4_WARP_EMU)
+  float other[N];
   warp_emu_exchange(v, other, N, d);
+  for (int j = 0; j < N; ++j) v[j] = ffma(v[j], sign, other[j]);
 #else
-  (void)v; (void)other; (void)d;  // the host pass of the CUDA build never runs lane-split code
+  (void)v; (void)d; (void)sign;  // the host pass of the CUDA build never runs lane-split code
 #endif
 }
 
@@ -442,8 +472,8 @@ FP4_HD void exchange_xor(const float* v, float* other, int d) {
 // computing its own half of (a + b, a - b) with the same single IEEE operations in the same stage order,
 // then the product by rscale. The caller runs whole warps (i up to whole_warps(tiles); the extra
 // lanes load and store nothing), so every shuffle has the full warp, and the L threads of a block are
-// consecutive lanes of one warp. The CPU build runs it too, on emulated warps (exchange_xor).
-template <typename In, int HB>
+// consecutive lanes of one warp. The CPU build runs it too, on emulated warps (butterfly_across_lanes).
+template <typename In, int HB, bool SCALE = true>
 FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* signs, int64_t sign_len,
                           float rscale, float* v) {
   static_assert(HB == 64 || HB == 128 || HB == 256, "lane-split rotations are 64, 128 or 256 wide");
@@ -461,22 +491,21 @@ FP4_HD void rotated_lanes(const In* x, int64_t i, int64_t tiles, const float* si
     // The lower lane keeps a + b = other + own, the upper one a - b = other + (-own) (IEEE subtraction is
     // addition of the negation, and addition commutes): one branch-free form, other + own * sign in one
     // fused multiply-add, which rounds once, like the addition, because own * (±1) is exact.
-    const float sign = (q & d) ? -1.0f : 1.0f;
-    float other[32];
-    exchange_xor<32>(v, other, d);
-    FP4_UNROLL
-    for (int j = 0; j < 32; ++j) v[j] = ffma(v[j], sign, other[j]);
+    butterfly_across_lanes<32>(v, d, (q & d) ? -1.0f : 1.0f);
   }
-  FP4_UNROLL
-  for (int j = 0; j < 32; ++j) v[j] = fmul(v[j], rscale);
+  if constexpr (SCALE) {
+    FP4_UNROLL
+    for (int j = 0; j < 32; ++j) v[j] = fmul(v[j], rscale);
+  }
 }
 
 template <typename In, int HB, int QB, int KIND>
 FP4_HD void quant_tile_lanes(const In* x, int64_t i, int64_t tiles, const QuantParams& p,
                              const NvTeConsts* nc = nullptr) {
+  constexpr bool FOLD = KIND == MX_E2M1;
   float v[32];
-  rotated_lanes<In, HB>(x, i, tiles, p.signs, p.sign_len, p.rscale, v);
-  if (i < tiles) quant_values<32, QB, KIND>(v, i, p, nc);
+  rotated_lanes<In, HB, !FOLD>(x, i, tiles, p.signs, p.sign_len, p.rscale, v);
+  if (i < tiles) quant_values<32, QB, KIND, FOLD>(v, i, p, nc);
 }
 
 // finite_amax_tile's share of lane i (0 for the extra lanes, whose values are zeros).
