@@ -581,18 +581,31 @@ FP4_HD int stage_chunk(int u, int j) {
 template <int BYTES>
 FP4_HD void store_tile(uint8_t* out, int64_t i, int64_t tiles, const void* mine, uint8_t* stage) {
   constexpr int C = BYTES / 16;
+#ifndef __CUDA_ARCH__
+  if (stage == nullptr) {  // (the GPU always has a stage)
+    if (i < tiles) copy_bytes<BYTES>(out + i * BYTES, mine);
+    return;
+  }
+#endif
   if constexpr (C >= 2) {
-    if (stage != nullptr && (i | 31) < tiles) {  // warp-uniform: the whole warp has tiles
+    if ((i | 31) < tiles) {  // warp-uniform: the whole warp has tiles
       const int lane = static_cast<int>(i & 31);
+      // Index math once per lane: chunk j of this lane sits at 16 * (lane * C + (j ^ sw)); chunk q = 32c + lane
+      // of the warp's range is read at 16 * stage_chunk(q / C, q % C), which for C <= 4 is 512c plus a lane
+      // constant (u = q / C = 32c / C + lane / C, and its swizzle (u C >> 3) & (C - 1) = (4c + ...) & (C - 1)
+      // does not depend on c).
+      const int sw = (lane * C >> 3) & (C - 1);
+      uint8_t* const row = stage + 16 * lane * C;
       FP4_UNROLL
-      for (int j = 0; j < C; ++j)
-        copy_bytes<16>(stage + 16 * stage_chunk<C>(lane, j), static_cast<const uint8_t*>(mine) + 16 * j);
+      for (int j = 0; j < C; ++j) copy_bytes<16>(row + 16 * (j ^ sw), static_cast<const uint8_t*>(mine) + 16 * j);
       warp_sync();
-      uint8_t* base = out + (i - lane) * BYTES;
+      uint8_t* const dst = out + i * BYTES + (16 - BYTES) * lane;  // the warp's range + 16 * lane
+      const int rd = 16 * stage_chunk<C>(lane / C, lane % C);
       FP4_UNROLL
       for (int c = 0; c < C; ++c) {
         const int q = c * 32 + lane;
-        copy_bytes<16>(base + 16 * q, stage + 16 * stage_chunk<C>(q / C, q % C));
+        const uint8_t* src = C <= 4 ? stage + rd + 512 * c : stage + 16 * stage_chunk<C>(q / C, q % C);
+        copy_bytes<16>(dst + 512 * c, src);
       }
       warp_sync();  // before the stage's next use
       return;
