@@ -581,6 +581,7 @@ FP4_HD int stage_chunk(int u, int j) {
 template <int BYTES>
 FP4_HD void store_tile(uint8_t* out, int64_t i, int64_t tiles, const void* mine, uint8_t* stage) {
   constexpr int C = BYTES / 16;
+  static_assert(C <= 8, "tiles of at most 128 bytes (the read offsets below depend on c's parity only)");
 #ifndef __CUDA_ARCH__
   if (stage == nullptr) {  // (the GPU always has a stage)
     if (i < tiles) copy_bytes<BYTES>(out + i * BYTES, mine);
@@ -591,22 +592,19 @@ FP4_HD void store_tile(uint8_t* out, int64_t i, int64_t tiles, const void* mine,
     if ((i | 31) < tiles) {  // warp-uniform: the whole warp has tiles
       const int lane = static_cast<int>(i & 31);
       // Index math once per lane: chunk j of this lane sits at 16 * (lane * C + (j ^ sw)); chunk q = 32c + lane
-      // of the warp's range is read at 16 * stage_chunk(q / C, q % C), which for C <= 4 is 512c plus a lane
-      // constant (u = q / C = 32c / C + lane / C, and its swizzle (u C >> 3) & (C - 1) = (4c + ...) & (C - 1)
-      // does not depend on c).
+      // of the warp's range is read at 16 * stage_chunk(q / C, q % C) = 512c + a lane constant that depends
+      // only on c's parity (u = q / C = 32c / C + lane / C has the swizzle (u C >> 3) & (C - 1) =
+      // (4c + (lane / C) C / 8) & (C - 1), and C <= 8).
       const int sw = (lane * C >> 3) & (C - 1);
       uint8_t* const row = stage + 16 * lane * C;
       FP4_UNROLL
       for (int j = 0; j < C; ++j) copy_bytes<16>(row + 16 * (j ^ sw), static_cast<const uint8_t*>(mine) + 16 * j);
       warp_sync();
       uint8_t* const dst = out + i * BYTES + (16 - BYTES) * lane;  // the warp's range + 16 * lane
-      const int rd = 16 * stage_chunk<C>(lane / C, lane % C);
+      const int rd0 = 16 * stage_chunk<C>(lane / C, lane % C);
+      const int rd1 = 16 * stage_chunk<C>((32 + lane) / C, (32 + lane) % C) - 512;  // == rd0 for C <= 4
       FP4_UNROLL
-      for (int c = 0; c < C; ++c) {
-        const int q = c * 32 + lane;
-        const uint8_t* src = C <= 4 ? stage + rd + 512 * c : stage + 16 * stage_chunk<C>(q / C, q % C);
-        copy_bytes<16>(dst + 512 * c, src);
-      }
+      for (int c = 0; c < C; ++c) copy_bytes<16>(dst + 512 * c, stage + 512 * c + ((c & 1) ? rd1 : rd0));
       warp_sync();  // before the stage's next use
       return;
     }
