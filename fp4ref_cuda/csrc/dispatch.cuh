@@ -18,7 +18,6 @@ namespace fp4ref {
 // Rotations of 64 to 256 (fused with a quantizer: 64 and 128) split each block over HB / 32 threads that
 // exchange through warp shuffles (rotated_lanes); the executors run these calls on whole warps
 // (`run<true>`, ...: the CPU build emulates each warp's lanes as threads).
-constexpr bool kLaneSplitRotations = true;
 
 // Thread count for `tiles` lane tiles of 32 elements, rounded up to whole warps: every shuffle of
 // rotated_lanes has the full warp (the extra lanes load and store nothing).
@@ -126,7 +125,7 @@ int do_finite_amax(Exec& ex, int dtype, const void* x, int64_t n, int hb, const 
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_FUSED(hb, HB, {
-      if constexpr (HB >= 64 && kLaneSplitRotations) {
+      if constexpr (HB >= 64) {
         const int64_t tiles = n / 32;
         ex.template reduce_max<true>(whole_warps(tiles), amax_bits, [=] FP4_LAMBDA(int64_t i) -> uint32_t {
           return finite_amax_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale);
@@ -155,7 +154,7 @@ int do_hadamard(Exec& ex, int dtype, const void* x, float* out, int64_t n, int h
   FP4_DISPATCH_IN(dtype, In, {
     const In* xi = static_cast<const In*>(x);
     FP4_DISPATCH_POW2(hb, HB, {
-      if constexpr (HB >= 64 && kLaneSplitRotations) {
+      if constexpr (HB >= 64) {
         const int64_t tiles = n / 32;
         ex.template run<true>(whole_warps(tiles), [=] FP4_LAMBDA(int64_t i) {
           hadamard_tile_lanes<In, HB>(xi, i, tiles, signs, sign_len, rscale, out);
@@ -185,7 +184,7 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       const float* amax = p.amax;
       const auto prep = [=] FP4_LAMBDA(int j, NvTeConsts* c) { nv_te_prepare(*amax, j, c); };
       FP4_DISPATCH_FUSED(hb, HB, {
-        if constexpr (HB >= 64 && kLaneSplitRotations) {
+        if constexpr (HB >= 64) {
           const int64_t tiles = n / 32;
           ex.template run_shared<NvTeConsts, NV_TE_TABLE, true>(whole_warps(tiles), prep,
               [=] FP4_LAMBDA(int64_t i, const NvTeConsts& c) { quant_tile_lanes<In, HB, 16, NV_TE>(xi, i, tiles, p, &c); });
@@ -208,7 +207,7 @@ int do_quant_family(Exec& ex, int dtype, int kind, int qb, int hb, const void* x
       ex.run(n / 32, [=] FP4_LAMBDA(int64_t i) { quant_tile<In, 32, 1, 32, MX_ANY>(xi, i, p); });
     } else {
       FP4_DISPATCH_FUSED(hb, HB, {
-        if constexpr (HB >= 64 && kLaneSplitRotations) {
+        if constexpr (HB >= 64) {
           const int64_t tiles = n / 32;
           ex.template run<true>(whole_warps(tiles),
                  [=] FP4_LAMBDA(int64_t i) { quant_tile_lanes<In, HB, 32, MX_E2M1>(xi, i, tiles, p); });
