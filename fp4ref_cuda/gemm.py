@@ -200,7 +200,9 @@ def linear_prepared(x: torch.Tensor, pw: PreparedWeight, bias: torch.Tensor | No
         if not direct:
             y = y.div_(pw.divisor)
     if bias is not None:
-        y = (y + bias.to(device=y.device, dtype=torch.float32)).to(torch.bfloat16)
+        y = y + bias.to(device=y.device, dtype=torch.float32)
+    if y.dtype != torch.bfloat16:  # a bias, or the stretch divisor of the cuBLAS path: float32 until here
+        y = y.to(torch.bfloat16)
     return y if flat else y.reshape(*x.shape[:-1], n)
 
 

@@ -310,14 +310,15 @@ def test_dequantize_bf16_matches_reference_bits():
 @gpu
 @settings(max_examples=20, deadline=None)
 @given(m=st.sampled_from([1, 5, 16, 17, 64]), n=st.integers(1, 260), kb=st.integers(1, 10),
-       fmt=st.sampled_from(["mx", "nv"]), bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+       fmt=st.sampled_from(["mx", "nv", "mx-stretch"]), bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_fp4_linear_within_bound(m, n, kb, fmt, bias, seed):
     from fp4ref_cuda.gemm import fp4_linear
 
     g = torch.Generator().manual_seed(seed)
     k = 32 * kb
     x = torch.randn(2, m, k, generator=g).to(torch.bfloat16).cuda()
-    w = _quant(torch.randn(n, k, generator=g).cuda(), fmt)
+    kind, mode = ("mx", "stretch") if fmt == "mx-stretch" else (fmt, "floor")
+    w = _quant(torch.randn(n, k, generator=g).cuda(), kind, mode)
     bvec = torch.randn(n, generator=g).to(torch.bfloat16).cuda() if bias else None
     y = fp4_linear(x, w, bvec)
     assert y.dtype == torch.bfloat16 and y.shape == (2, m, n)
@@ -511,6 +512,34 @@ def test_fp4linear_prepared_weight_reaches_the_kernel_like_the_op(fmt, monkeypat
             assert torch.equal(calls[0][1], first)
     with pytest.raises(ValueError, match="K = 64"):
         m(torch.zeros(2, 32, dtype=torch.bfloat16))
+
+
+def test_linear_prepared_returns_bf16_on_every_path(monkeypatch):
+    """fp4_linear's output is bf16 (..., N) for every batch size, bias or not, and stretch weights (whose
+    cuBLAS path divides in float32); no GPU: the kernels are stubs that return the dtype they are asked for."""
+    import fp4ref_cuda.gemm as cg
+
+    class Stub:
+        def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
+            return torch.ones(x.shape[0], w.shape[0], dtype=out_dtype)
+
+        def gemm_dequant_bf16(self, data, scales, block_size, e4m3):
+            return torch.ones(data.shape[0], data.shape[1] * 2, dtype=torch.bfloat16)
+
+        def gemm_bf16_cublas(self, a, b, alpha, out_dtype):
+            return torch.ones(a.shape[0], b.shape[0], dtype=out_dtype)
+
+    monkeypatch.setattr(cg, "_usable", lambda *qs: True)
+    monkeypatch.setattr(cg, "_ops", lambda: Stub())
+    g = torch.Generator().manual_seed(13)
+    w32 = torch.randn(24, 64, generator=g)
+    weights = [quantize_mx(w32, "e2m1", block_size=32, scale_mode="floor"),
+               quantize_mx(w32, "e2m1", block_size=32, scale_mode="stretch"), quantize_nvfp4(w32)]
+    for w in weights:
+        for lead in ((0,), (3,), (40,), (2, 20), ()):
+            for bias in (None, torch.randn(24, generator=g).bfloat16()):
+                y = cg.fp4_linear(torch.zeros(*lead, 64, dtype=torch.bfloat16), w, bias)
+                assert y.dtype == torch.bfloat16 and tuple(y.shape) == (*lead, 24), (w, lead, y.dtype)
 
 
 @gpu
