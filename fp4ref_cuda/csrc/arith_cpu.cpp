@@ -1,7 +1,8 @@
 // CPU build of fp4ref_cuda's numerics: the dispatch, tile functions and arith.cuh that the kernels run,
-// executed by a plain loop. tests/test_arith_cpu.py compiles this file with -ffp-contract=off (strict
+// executed by a plain loop, or by emulated warps where the GPU code needs its warp (the lane-split rotations'
+// shuffles, the dequantizers' staged stores). tests/test_arith_cpu.py compiles this file with -ffp-contract=off (strict
 // IEEE float32, no FMA contraction, no fast-math) and calls it through ctypes against the reference.
-#define FP4_WARP_EMU 1  // tile.cuh: the lane-split rotations exchange through warp_emu_exchange
+#define FP4_WARP_EMU 1  // tile.cuh: warp exchanges and __syncwarp go to warp_emu_exchange / warp_emu_barrier
 #include "dispatch.cuh"
 
 #include <condition_variable>
@@ -11,15 +12,16 @@
 
 namespace fp4ref {
 
-// One emulated warp: its 32 lanes run as threads; exchange_xor's values pass through `slot` between two
-// barriers (every lane writes, all wait, every lane reads its partner's, all wait before the next write).
+// One emulated warp: its 32 lanes run as threads. butterfly_across_lanes' values pass through `slot` between
+// two barriers (every lane writes, all wait, every lane reads its partner's, all wait before the next
+// write); store_tile's stage is `stage`, its __syncwarp the same barrier.
 struct WarpEmu {
   std::mutex m;
   std::condition_variable cv;
   int arrived = 0;
   unsigned generation = 0;
   float slot[32][32];
-  alignas(16) uint8_t stage[32 * 256];  // store_tile's stage (tiles of at most 256 bytes)
+  alignas(16) uint8_t stage[32 * 128];  // store_tile's stage (tiles of at most 128 bytes)
 
   void barrier() {
     std::unique_lock<std::mutex> lock(m);
@@ -71,7 +73,7 @@ struct HostExec {
   static constexpr int64_t kStagedEmulationMax = 4096;
   template <int BYTES, class F>
   void run_staged(int64_t n, F f) {
-    static_assert(BYTES <= 256, "WarpEmu::stage holds 32 tiles of at most 256 bytes");
+    static_assert(BYTES <= 128, "WarpEmu::stage holds 32 tiles of at most 128 bytes");
     if (n > kStagedEmulationMax) {
       for (int64_t i = 0; i < n; ++i) f(i, nullptr);
     } else {
