@@ -215,22 +215,10 @@ FP4_HD uint8_t swizzle_byte(const uint8_t* scales, int64_t o, int64_t rows, int6
   return (r < rows && c < cols) ? scales[r * cols + c] : (uint8_t)0;
 }
 
-// __byte_perm(a, b, s) (PTX prmt): output byte i is byte (s >> 4i) & 7 of the 8-byte value (b:a). Only
-// selectors without the sign-replicate bit (3) are used here.
+// prmt.b32 (default mode): output byte i is byte (s >> 4i) & 7 of the 8-byte value (b:a), or, where bit 3 of
+// that selector nibble is set, 0xFF or 0x00 by the sign (msb) of that byte. The asm is explicit because
+// __byte_perm documents only the 3-bit selectors; the host emulates the instruction.
 FP4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  return __byte_perm(a, b, s);
-#else
-  const uint64_t ab = ((uint64_t)b << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= (uint32_t)((ab >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
-  return r;
-#endif
-}
-
-// prmt.b32 with sign replication: a selector nibble with bit 3 set gives 0xFF or 0x00, the sign (msb) of
-// the byte its low 3 bits select. (__byte_perm documents only the 3-bit selectors, so the asm is explicit.)
-FP4_HD uint32_t byte_perm_sx(uint32_t a, uint32_t b, uint32_t s) {
 #ifdef __CUDA_ARCH__
   uint32_t r;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
@@ -259,8 +247,8 @@ FP4_HD uint32_t encode_e2m1_sat_x8(const float* y) {
     const uint32_t b = e2m1_magnitude_bits22(y[j]);
     word += 4 * j >= 22 ? b << (4 * j - 22) : b >> (22 - 4 * j);
   }
-  const uint32_t e02 = byte_perm_sx(f2u(y[0]), f2u(y[2]), 0xFBFBu), e46 = byte_perm_sx(f2u(y[4]), f2u(y[6]), 0xFBFBu);
-  const uint32_t o13 = byte_perm_sx(f2u(y[1]), f2u(y[3]), 0xFBFBu), o57 = byte_perm_sx(f2u(y[5]), f2u(y[7]), 0xFBFBu);
+  const uint32_t e02 = byte_perm(f2u(y[0]), f2u(y[2]), 0xFBFBu), e46 = byte_perm(f2u(y[4]), f2u(y[6]), 0xFBFBu);
+  const uint32_t o13 = byte_perm(f2u(y[1]), f2u(y[3]), 0xFBFBu), o57 = byte_perm(f2u(y[5]), f2u(y[7]), 0xFBFBu);
   const uint32_t e = byte_perm(e02, e46, 0x5410u), o = byte_perm(o13, o57, 0x5410u);
   return word | (((e & 0x0F0F0F0Fu) | (o & 0xF0F0F0F0u)) & 0x88888888u);
 }
