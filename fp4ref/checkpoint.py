@@ -219,5 +219,90 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     return model.eval().to(device)
 
 
+def activation_args(fmt: str) -> dict:
+    """compressed-tensors' input_activations of the W4A4 presets: NVFP4's per-16 scales on the fly with a static,
+    calibrated global scale (``dynamic: "local"``, stored as ``input_global_scale``); MXFP4 fully dynamic."""
+    if fmt == "nvfp4":
+        return {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
+                "dynamic": "local", "observer": "static_minmax", "scale_dtype": "torch.float8_e4m3fn"}
+    return {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 32, "strategy": "group",
+            "dynamic": True, "scale_dtype": "torch.uint8"}
+
+
+def input_global_scale(amax: float) -> torch.Tensor:
+    """The stored ``input_global_scale`` (1,) of a calibrated activation amax: TE's ``S_enc = fp32(2688 / amax)``,
+    the encode direction, as compressed-tensors' ``generate_gparam`` stores it."""
+    from .nvfp4 import te_encode_scale
+
+    return te_encode_scale(torch.tensor(float(amax), dtype=torch.float32)).reshape(1)
+
+
+def block_tensors(block: torch.nn.Module, source, prefix: str, plan) -> tuple[dict[str, torch.Tensor], dict]:
+    """A finished block's tensors in the checkpoint's names (quantized linears packed; everything else copied
+    from ``source`` as stored), and what is needed to rebuild its QuantLinears (shapes, rotations, act amax)."""
+    from .model import QuantLinear
+
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict = {"linears": [], "shapes": {}, "rotations": {}, "act_amax": {}, "fmt": None, "act": None,
+                  "scale_mode": None, "skipped": [prefix + n for n in plan.skipped]}
+    quant = {n: m for n, m in block.named_modules() if isinstance(m, QuantLinear)}
+    for n, m in quant.items():
+        full = prefix + n
+        tensors.update({k: v.cpu() for k, v in pack_tensors(full, m.quantized).items()})
+        if m.bias is not None:
+            tensors[f"{full}.bias"] = source.get(f"{full}.bias")
+        info["linears"].append(n)
+        info["shapes"][full] = [m.out_features, m.in_features]
+        info["fmt"], info["act"] = m.fmt, m.act_fmt
+        if isinstance(m.quantized, MXTensor):
+            info["scale_mode"] = m.quantized.scale_mode
+        if m.rotation is not None:
+            signs = m.rotation.signs
+            info["rotations"][full] = {"block_size": int(m.rotation.block_size),
+                                       "signs": None if signs is None else [int(x) for x in signs.tolist()]}
+        if m.act_amax is not None:
+            info["act_amax"][full] = float(m.act_amax)
+            tensors[f"{full}.input_global_scale"] = input_global_scale(m.act_amax)
+    for name, _ in list(block.named_parameters()) + list(block.named_buffers()):
+        owner = name.rpartition(".")[0]
+        if owner in quant:
+            continue
+        tensors[prefix + name] = source.get(prefix + name)
+    return tensors, info
+
+
+def quant_linear_from(tensors: dict[str, torch.Tensor], full: str, info: dict, device) -> torch.nn.Module:
+    """The QuantLinear of layer ``full`` from its stored tensors and block info (the inverse of block_tensors)."""
+    from .gptq import Rotation
+    from .model import QuantLinear
+
+    shape = tuple(info["shapes"][full])
+    q = unpack_tensors(tensors, full, info["fmt"], shape, info.get("scale_mode") or "floor")
+    rot = info["rotations"].get(full)
+    rotation = None if rot is None else Rotation(
+        rot["block_size"], None if rot["signs"] is None else torch.tensor(rot["signs"], dtype=torch.float32))
+    bias = tensors.get(f"{full}.bias")
+    return QuantLinear(q.dequantize(), None if bias is None else bias.float(), quantized=q, rotation=rotation,
+                       act_fmt=info["act"], fmt=info["fmt"], act_amax=info["act_amax"].get(full)).to(device)
+
+
+def pipeline_config(raw_config: dict, *, fmt: str, act: bool, linears: dict, rotations: dict, act_amax: dict,
+                    settings: dict, ignore: list[str] | None = None) -> dict:
+    """config.json of a pipeline checkpoint: the model's own config, compressed-tensors' quantization_config
+    (targets every Linear, ignores lm_head and the linears left in full precision) and the ``fp4ref`` section."""
+    config = {k: v for k, v in raw_config.items() if k != "quantization_config"}
+    qc = quantization_config(fmt, ["Linear"], act=act)
+    qc["ignore"] = ["lm_head"] + sorted(ignore or [])
+    group = qc["config_groups"]["group_0"]
+    if act:
+        group["input_activations"] = activation_args(fmt)
+    config["quantization_config"] = qc
+    config["fp4ref"] = {"format": fmt, "act": fmt if act else None, "rotations": rotations, "shapes": linears,
+                        "scale_mode": "floor" if fmt == "mxfp4" else None, "act_amax": act_amax,
+                        "metadata": settings}
+    return config
+
+
 __all__ = ["save_checkpoint", "read_checkpoint", "load_checkpoint", "pack_tensors", "unpack_tensors",
-           "encode_global_scale", "decode_global_scale", "quantization_config"]
+           "encode_global_scale", "decode_global_scale", "quantization_config", "activation_args",
+           "input_global_scale", "block_tensors", "quant_linear_from", "pipeline_config"]

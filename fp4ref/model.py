@@ -31,23 +31,25 @@ TRUE_SEQUENTIAL = (
 )
 
 
-def make_grid(fmt: str, *, scale_search: str = "absmax"):
-    """The weight grid of ``fmt``: MXFP4 (E2M1, 32, OCP floor scales), NVFP4 (TE recipe, 16), int4
-    (symmetric, groups of 32, like the MR-GPTQ paper's INT4 baseline)."""
+def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | None = None):
+    """The weight grid of ``fmt``: MXFP4 (E2M1, 32, OCP floor scales), NVFP4 (TE recipe, 16; tensor scale from
+    ``global_amax``, default the matrix's own amax), int4 (symmetric, groups of 32, like the MR-GPTQ paper's
+    INT4 baseline)."""
     from .grids import IntGrid, MXGrid, NVFP4Grid
 
     if fmt == "mxfp4":
         return MXGrid("e2m1", 32, "floor", scale_search=scale_search)
     if fmt == "nvfp4":
-        return NVFP4Grid("te", 16, scale_search=scale_search)
+        return NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
     if fmt == "int4":
         return IntGrid(bits=4, group_size=32, symmetric=True)
     raise ValueError(f"fmt={fmt!r} is not one of {FORMATS}")
 
 
-def fake_quantize_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    """RTN of activations along the last dim in ``fmt`` (MXFP4 floor scales; NVFP4 TE recipe with the
-    tensor's own amax), dequantized back to ``x``'s dtype."""
+def fake_quantize_activations(x: torch.Tensor, fmt: str, global_amax: float | None = None) -> torch.Tensor:
+    """RTN of activations along the last dim in ``fmt`` (MXFP4 floor scales; NVFP4 TE recipe with the tensor
+    scale from ``global_amax``, a static calibrated amax, or else the tensor's own), dequantized back to ``x``'s
+    dtype."""
     from .mx import quantize_mx
     from .nvfp4 import quantize_nvfp4
 
@@ -55,7 +57,7 @@ def fake_quantize_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt == "mxfp4":
         y = quantize_mx(xf, "e2m1", block_size=32, scale_mode="floor").dequantize()
     elif fmt == "nvfp4":
-        y = quantize_nvfp4(xf, recipe="te").dequantize()
+        y = quantize_nvfp4(xf, recipe="te", global_amax=global_amax).dequantize()
     else:
         raise ValueError(f"activation quantization needs fmt 'mxfp4' or 'nvfp4', got {fmt!r}")
     return y.to(x.dtype)
@@ -65,23 +67,25 @@ class QuantLinear(nn.Module):
     """A quantized linear layer as deployed: ``y = Q_act(R(x)) @ weightᵀ (+ bias)``.
 
     ``weight`` is the dequantized quantized weight in the rotated basis, ``rotation`` (or None) the
-    input's block Hadamard, ``act_fmt`` (or None) the activation format; ``quantized`` keeps the
-    encoded tensor (MXTensor / NVFP4Tensor / IntTensor) for checkpoints.
+    input's block Hadamard, ``act_fmt`` (or None) the activation format, ``act_amax`` (NVFP4 W4A4, or None for
+    the input's own amax per call) the static calibrated activation amax; ``quantized`` keeps the encoded
+    tensor (MXTensor / NVFP4Tensor / IntTensor) for checkpoints.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, quantized=None, rotation=None,
-                 act_fmt: str | None = None, fmt: str | None = None):
+                 act_fmt: str | None = None, fmt: str | None = None, act_amax: float | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.quantized, self.rotation, self.act_fmt, self.fmt = quantized, rotation, act_fmt, fmt
+        self.act_amax = act_amax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotation is not None:
             x = self.rotation.apply(x).to(self.weight.dtype)
         if self.act_fmt is not None:
-            x = fake_quantize_activations(x, self.act_fmt)
+            x = fake_quantize_activations(x, self.act_fmt, self.act_amax)
         return nn.functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -247,8 +251,9 @@ def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Te
 
     W = target.to(lin.weight.dtype)
     act_fmt = fmt if act else None
+    gamax = opts.get("global_amax")
     if method == "rtn":
-        grid = make_grid(fmt)
+        grid = make_grid(fmt, global_amax=gamax)
         fitted = grid.fit(W)
         W_hat = grid.quantize(W, fitted)
         dW = (W.double() - W_hat.double())
@@ -256,12 +261,12 @@ def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Te
         q = grid.encode(W_hat, fitted)
         return QuantLinear(W_hat, lin.bias, quantized=q, act_fmt=act_fmt, fmt=fmt), loss, None
     if method == "gptq":
-        res = gptq(W, H, make_grid(fmt), damp=opts["damp"], act_order=opts["act_order"], name=name,
+        res = gptq(W, H, make_grid(fmt, global_amax=gamax), damp=opts["damp"], act_order=opts["act_order"], name=name,
                    dtype=opts["gptq_dtype"])
         return QuantLinear(res.weight, lin.bias, quantized=res.quantized, act_fmt=act_fmt, fmt=fmt), res.loss, \
             res.damp_used
     res = mr_gptq(W, H, fmt, hadamard_block=opts["hadamard_block"], scale_search=opts["scale_search"],
-                  damp=opts["damp"], name=name, dtype=opts["gptq_dtype"])
+                  damp=opts["damp"], name=name, dtype=opts["gptq_dtype"], global_amax=gamax)
     return QuantLinear(res.weight, lin.bias, quantized=res.quantized, rotation=res.rotation, act_fmt=act_fmt,
                        fmt=fmt), res.loss, res.damp_used
 
