@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 
@@ -20,13 +21,79 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROUNDINGS = ("rne", "stochastic")
 
 
+# --- argument checks shared by every module and both backends ----------------------------------------------
+# Each names the argument and the rule; a wrong type is a TypeError, a wrong value a ValueError.
+def check_bool(v: object, arg: str) -> bool:
+    """TypeError unless ``v`` is a bool (not a string such as ``"False"``, not a number); returns it."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{arg} must be a bool (True or False), got {type(v).__name__} {v!r}")
+    return v
+
+
+def check_int(v: object, arg: str, *, min: int | None = None, max: int | None = None) -> int:
+    """``v`` as an int: TypeError unless an integer (bool and str are not), ValueError outside [min, max]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{arg} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if min is not None and v < min:
+        raise ValueError(f"{arg} must be >= {min}, got {v}")
+    if max is not None and v > max:
+        raise ValueError(f"{arg} must be <= {max}, got {v}")
+    return v
+
+
+def check_real(v: object, arg: str, *, min: float | None = None, max: float | None = None,
+               finite: bool = True) -> float:
+    """``v`` as a float: TypeError unless a real number (int, float, numpy scalar; bool and str are not),
+    ValueError if NaN (or ±Inf with ``finite``) or outside [min, max]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{arg} must be a real number, got {type(v).__name__} {v!r}")
+    f = float(v)
+    if math.isnan(f) or (finite and math.isinf(f)):
+        raise ValueError(f"{arg} must be a finite number, got {f!r}")
+    if min is not None and not f >= min:
+        raise ValueError(f"{arg} must be >= {min:g}, got {f!r}")
+    if max is not None and not f <= max:
+        raise ValueError(f"{arg} must be <= {max:g}, got {f!r}")
+    return f
+
+
+def check_float_dtype(dtype: object, arg: str = "dtype",
+                      allowed: tuple[torch.dtype, ...] = FLOAT_DTYPES + (torch.float64,)) -> torch.dtype:
+    """TypeError unless ``dtype`` is one of the floating dtypes ``allowed`` (an int or bool output would
+    silently truncate the values)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{arg} must be a floating dtype ({names}), got {dtype!r}")
+    return dtype
+
+
+def check_not_meta(t: torch.Tensor, arg: str) -> torch.Tensor:
+    """ValueError for a tensor on the "meta" device: fp4ref's reference computes values, which meta tensors
+    lack (shapes alone trace through fp4ref_cuda's fake kernels under torch.compile)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{arg} is on the meta device: fp4ref's ops are not supported on meta tensors "
+                         "(they have no values); move it to a real device first")
+    return t
+
+
+def check_same_device(tensors: dict[str, object], what: str | None = None) -> None:
+    """ValueError unless every tensor in ``tensors`` (name -> tensor; non-tensors skipped) is on one device."""
+    items = [(k, t) for k, t in tensors.items() if isinstance(t, torch.Tensor)]
+    for k, t in items[1:]:
+        if t.device != items[0][1].device:
+            where = f" of {what}" if what else ""
+            raise ValueError(f"{k} is on {t.device} but {items[0][0]} is on {items[0][1].device}: all tensors"
+                             f"{where} must be on one device")
+
+
 def check_float_tensor(x: object, arg: str = "x") -> torch.Tensor:
-    """TypeError unless ``x`` is a float32/bfloat16/float16 tensor; returns it."""
+    """TypeError unless ``x`` is a float32/bfloat16/float16 tensor (ValueError on the meta device); returns it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{arg} must be float32, bfloat16 or float16, got {x.dtype}")
-    return x
+    return check_not_meta(x, arg)
 
 
 def check_uint8_tensor(t: object, arg: str) -> torch.Tensor:
@@ -101,6 +168,28 @@ def magnitude_codes(a: torch.Tensor, f: Format, *, saturate: bool = False, round
     return code.clamp_(max=f.max_code) if saturate else code
 
 
+def check_encode_args(x: object, fmt: object, saturate: object, rounding: object, generator: object = None) -> Format:
+    """Argument checks of ``encode`` shared by both backends; returns the format."""
+    check_float_tensor(x)
+    f = get_format(fmt)
+    check_bool(saturate, "saturate")
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding={rounding!r} is not one of {ROUNDINGS}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if f.name == "e8m0" and rounding != "rne":
+        raise ValueError("rounding='stochastic' is not defined for e8m0 (scales are powers of two)")
+    return f
+
+
+def check_decode_args(codes: object, fmt: object, dtype: object = torch.float32) -> Format:
+    """Argument checks of ``decode`` shared by both backends (the code range is checked by the kernels)."""
+    check_not_meta(check_uint8_tensor(codes, "codes"), "codes")
+    f = get_format(fmt)
+    check_float_dtype(dtype)
+    return f
+
+
 def encode(x: torch.Tensor, fmt: str | Format, *, saturate: bool = True, rounding: str = "rne",
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Encode ``x`` to ``fmt`` codes (uint8, low bits), RNE or stochastic, per SPEC §2.
@@ -108,10 +197,7 @@ def encode(x: torch.Tensor, fmt: str | Format, *, saturate: bool = True, roundin
     Sign is kept for zero; ``saturate=True`` sends overflow and ±Inf to ±max (NaN: +max without a NaN
     code, 0x7F for e4m3/e5m2); ``saturate=False`` follows OCP (e4m3 -> 0x7F, e5m2 -> ±Inf, else ValueError).
     """
-    check_float_tensor(x)
-    f = get_format(fmt)
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding={rounding!r} is not one of {ROUNDINGS}")
+    f = check_encode_args(x, fmt, saturate, rounding, generator)
     x32 = x.float()
     if f.name == "e8m0":
         if rounding != "rne":
@@ -159,10 +245,8 @@ def encode_e8m0(x32: torch.Tensor, *, saturate: bool = True) -> torch.Tensor:
 
 def decode(codes: torch.Tensor, fmt: str | Format, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Exact float32 value of each code (NaN codes -> NaN; e8m0 0x00 -> 2^-127), then cast to ``dtype``."""
+    f = check_decode_args(codes, fmt, dtype)
     codes = check_uint8_tensor(codes, "codes")
-    f = get_format(fmt)
-    if dtype not in FLOAT_DTYPES + (torch.float64,):
-        raise TypeError(f"dtype must be a float dtype, got {dtype}")
     if f.bits < 8 and codes.numel() and int(codes.max()) >= (1 << f.bits):
         raise ValueError(f"codes hold values >= {1 << f.bits}, which are not {f.name} codes "
                          "(one code per byte, in the low bits; unpack packed FP4 first)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .codecs import decode_table
+from .codecs import check_bool, check_not_meta, check_same_device, decode_table
 from .formats import E2M1, E4M3
 from .layouts import unpack_fp4
 from .mx import MXTensor, check_mx_tensor
@@ -48,8 +48,8 @@ def check_fp4_mm(a: object, b: object, out_dtype: object = torch.float32) -> str
     if a.block_size != b.block_size:
         raise ValueError(f"a.block_size ({a.block_size}) and b.block_size ({b.block_size}) must be equal")
     if a.data.device != b.data.device:
-        raise ValueError(f"a is on {a.data.device} and b is on {b.data.device}")
-    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"a is on {a.data.device} and b is on {b.data.device}: a and b must be on one device")
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of float32, bfloat16, float16, float64, got {out_dtype}")
     return ka
 
@@ -63,6 +63,7 @@ def check_linear_args(x: object, w: object, bias: object = None) -> str:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in OUT_DTYPES:
         raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
+    check_not_meta(x, "x")
     kind = {MXTensor: "mx", NVFP4Tensor: "nvfp4"}.get(type(w))
     if kind is None:
         raise TypeError(f"w must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
@@ -79,12 +80,13 @@ def check_linear_args(x: object, w: object, bias: object = None) -> str:
         raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(w.shape)}; "
                          f"fp4_linear computes x @ wᵀ")
     if x.device != w.data.device:
-        raise ValueError(f"x is on {x.device} and w is on {w.data.device}")
+        raise ValueError(f"x is on {x.device} and w is on {w.data.device}: x and w must be on one device")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
-            raise TypeError("bias must be a floating-point tensor or None")
+            raise TypeError(f"bias must be a floating-point tensor or None, got {getattr(bias, 'dtype', type(bias))}")
         if tuple(bias.shape) != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(bias.shape)}")
+        check_same_device({"x": x, "bias": bias}, "fp4_linear's arguments")
     return kind
 
 
@@ -101,6 +103,8 @@ def _values_and_scales(q: MXTensor | NVFP4Tensor) -> tuple[torch.Tensor, torch.T
 def exact_block_sum(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *, absolute: bool = False) -> torch.Tensor:
     """``S[m, n] = Σ_j P_j[m, n] · sa[m, j] · sb[n, j]`` accumulated in float64 in increasing j (no global scales);
     ``absolute=True`` sums ``|a_k b_k|`` instead."""
+    check_fp4_mm(a, b)
+    check_bool(absolute, "absolute")
     va, sa = _values_and_scales(a)
     vb, sb = _values_and_scales(b)
     if absolute:

@@ -8,22 +8,62 @@ columns at a time, as in the GPTQ paper.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .codecs import check_bool, check_float_dtype, check_int, check_not_meta, check_real
 from .grids import Grid, MXGrid, NVFP4Grid
-from .hadamard import block_hadamard
+from .hadamard import block_hadamard, check_block_size
 
 SCALES = ("static", "dynamic")
+WORK_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_device(device: object) -> None:
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device") from None
+
+
+def symmetry_tolerance(dtype: torch.dtype) -> float:
+    """The relative tolerance of ``check_symmetric`` for a matrix of ``dtype``: ``sqrt(eps(dtype))`` (1.5e-8 for
+    float64, 3.5e-4 for float32), far above the rounding of a Hessian accumulated or rotated in that dtype and
+    far below any real asymmetry."""
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def check_symmetric(H: torch.Tensor, arg: str = "H", name: str | None = None) -> None:
+    """ValueError unless ``max |H − Hᵀ| <= symmetry_tolerance(H.dtype) · max |H|``.
+
+    GPTQ and QEP factor ``H`` by Cholesky, which reads one triangle only: a non-symmetric ``H`` would be
+    silently replaced by the symmetric matrix of its lower triangle. Rounding noise within the tolerance is
+    accepted (that triangle is used as is)."""
+    n = H.shape[0]
+    if n == 0:
+        return
+    Hd = H.detach()
+    scale = float(Hd.abs().amax())
+    diff, step = 0.0, max(1, (1 << 22) // n)  # row panels: no second d x d buffer
+    for i in range(0, n, step):
+        diff = max(diff, float((Hd[i:i + step] - Hd[:, i:i + step].T).abs().amax()))
+    tol = symmetry_tolerance(H.dtype)
+    if diff > tol * scale:
+        raise ValueError(f"{_layer(name)}: {arg} must be symmetric: max |{arg} - {arg}ᵀ| = {diff:.3g} exceeds "
+                         f"{tol:.2g} · max |{arg}| = {tol * scale:.3g} (the tolerance for {H.dtype})")
 
 
 class HessianAccumulator:
     """Accumulates ``H = (2 / n_tokens) Σ x xᵀ`` over calibration inputs ``x`` (..., d), in ``dtype``."""
 
     def __init__(self, d: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"d must be a positive int, got {d!r}")
+        check_int(d, "d", min=1)
+        check_float_dtype(dtype, allowed=WORK_DTYPES)
+        _check_device(device)
         self.d, self.n_tokens = d, 0
         self._sum = torch.zeros(d, d, dtype=dtype, device=device)
 
@@ -33,6 +73,8 @@ class HessianAccumulator:
             raise TypeError(f"{arg} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}")
         if x.dim() == 0 or x.shape[-1] != self.d:
             raise ValueError(f"{arg} must have last dimension d={self.d}, got shape {tuple(x.shape)}")
+        if x.device.type == "meta" and self._sum.device.type != "meta":
+            check_not_meta(x, arg)
         return x.reshape(-1, self.d).to(device=self._sum.device, dtype=self._sum.dtype)
 
     def add(self, x: torch.Tensor) -> None:
@@ -79,6 +121,8 @@ def _layer(name: str | None) -> str:
 
 def damp_ladder(damp: float, damp_retries: int) -> list[float]:
     """Relative dampings tried in turn: ``damp · 10^k``; from ``damp = 0`` the retries start at 1e-6."""
+    damp = check_real(damp, "damp", min=0.0)
+    damp_retries = check_int(damp_retries, "damp_retries", min=0)
     if damp > 0:
         return [damp * 10.0**k for k in range(damp_retries + 1)]
     return [0.0] + [1e-6 * 10.0**k for k in range(damp_retries)]
@@ -116,23 +160,28 @@ def rotate_layer(W: torch.Tensor, H: torch.Tensor, block: int, signs: torch.Tens
 
 
 def _check(W: object, H: object, grid: object, block_size: int, damp: float, scales: str, act_order: bool,
-           damp_retries: int, name: str | None) -> None:
+           damp_retries: int, name: str | None, dtype: object = torch.float64) -> None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
     if not isinstance(W, torch.Tensor) or not W.is_floating_point() or W.dim() != 2:
         raise TypeError(f"W must be a 2-D floating-point tensor, got {getattr(W, 'shape', type(W))}")
     if not isinstance(H, torch.Tensor) or not H.is_floating_point():
-        raise TypeError(f"H must be a floating-point tensor, got {type(H).__name__}")
+        raise TypeError(f"H must be a floating-point tensor, got {getattr(H, 'dtype', type(H).__name__)}")
+    check_not_meta(W, "W")
+    check_not_meta(H, "H")
+    check_float_dtype(dtype, allowed=WORK_DTYPES)
+    check_bool(act_order, "act_order")
     if tuple(H.shape) != (W.shape[1], W.shape[1]):
         raise ValueError(f"H must be ({W.shape[1]}, {W.shape[1]}) for W of shape {tuple(W.shape)}, "
                          f"got {tuple(H.shape)}")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a fp4ref.grids grid (IntGrid, MXGrid, NVFP4Grid), got {type(grid).__name__}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    check_int(block_size, "block_size")
+    if block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    if not damp >= 0:
-        raise ValueError(f"damp must be >= 0, got {damp!r}")
-    if isinstance(damp_retries, bool) or not isinstance(damp_retries, int) or damp_retries < 0:
-        raise ValueError(f"damp_retries must be a non-negative int, got {damp_retries!r}")
-    if scales not in SCALES:
+    check_real(damp, "damp", min=0.0)
+    check_int(damp_retries, "damp_retries", min=0)
+    if not isinstance(scales, str) or scales not in SCALES:
         raise ValueError(f"scales={scales!r} is not one of {SCALES}")
     if act_order and scales == "dynamic":
         raise ValueError("act_order=True needs scales='static' (groups stay in the original column order)")
@@ -140,6 +189,7 @@ def _check(W: object, H: object, grid: object, block_size: int, damp: float, sca
         raise ValueError(f"{_layer(name)}: W holds NaN or Inf")
     if not bool(torch.isfinite(H).all()):
         raise torch.linalg.LinAlgError(f"{_layer(name)}: H holds NaN or Inf")
+    check_symmetric(H, "H", name)
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, grid: Grid, *, block_size: int = 128, damp: float = 0.01,
@@ -150,8 +200,11 @@ def gptq(W: torch.Tensor, H: torch.Tensor, grid: Grid, *, block_size: int = 128,
     ``scales="static"`` fits all group scales on the (dead-zeroed) original W; ``"dynamic"`` refits a group
     when the loop enters it, from the global W (lacking the current block's updates), as gptq.py does.
     ``act_order`` visits columns by descending diag(H) (stable sort), scales staying in column order.
+
+    ``H`` must be symmetric (Cholesky reads one triangle): ``max |H − Hᵀ| <= sqrt(eps) · max |H|``, eps that
+    of H's dtype (see ``check_symmetric``), else ValueError naming H; NaN/Inf in H raise LinAlgError.
     """
-    _check(W, H, grid, block_size, damp, scales, act_order, damp_retries, name)
+    _check(W, H, grid, block_size, damp, scales, act_order, damp_retries, name, dtype)
     rows, cols = W.shape
     grid.check_cols(cols)
     Wd = W.detach().to(dtype).clone()
@@ -203,18 +256,30 @@ def mr_gptq(W: torch.Tensor, H: torch.Tensor, fmt: str = "mxfp4", *, hadamard_bl
     group, 32 for MXFP4 and 16 for NVFP4), static scales fitted on the rotated W (``scale_search="mse"``:
     least squared error including the scale's own E8M0/E4M3 rounding), then GPTQ with static act-order.
     ``weight`` is in the rotated basis: ``y ≈ block_hadamard(x, b, signs=signs) @ weight.T``.
+    ``H`` must be symmetric within the tolerance of ``gptq`` (checked before the rotation).
     """
+    if not isinstance(fmt, str) or fmt not in ("mxfp4", "nvfp4"):
+        raise ValueError(f"fmt={fmt!r} is not one of 'mxfp4', 'nvfp4'")
+    check_bool(act_order, "act_order")
     if fmt == "mxfp4":
         grid: Grid = MXGrid("e2m1", 32, scale_mode, scale_search=scale_search)
     elif fmt == "nvfp4":
         grid = NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
     else:
         raise ValueError(f"fmt={fmt!r} is not one of 'mxfp4', 'nvfp4'")
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise TypeError(f"W must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
-    if not isinstance(H, torch.Tensor) or tuple(H.shape) != (W.shape[1], W.shape[1]):
+    if not isinstance(W, torch.Tensor) or not W.is_floating_point() or W.dim() != 2:
+        raise TypeError(f"W must be a 2-D floating-point tensor, got {getattr(W, 'shape', type(W))}")
+    if not isinstance(H, torch.Tensor) or not H.is_floating_point():
+        raise TypeError(f"H must be a floating-point tensor, got {getattr(H, 'dtype', type(H).__name__)}")
+    if tuple(H.shape) != (W.shape[1], W.shape[1]):
         raise ValueError(f"H must be a ({W.shape[1]}, {W.shape[1]}) tensor for W of shape {tuple(W.shape)}")
-    block = grid.group_size if hadamard_block is None else hadamard_block
+    check_not_meta(W, "W")
+    check_not_meta(H, "H")
+    name = gptq_kwargs.get("name")
+    if not bool(torch.isfinite(H).all()):
+        raise torch.linalg.LinAlgError(f"{_layer(name if isinstance(name, str) else None)}: H holds NaN or Inf")
+    check_symmetric(H, "H", name if isinstance(name, str) else None)
+    block = grid.group_size if hadamard_block is None else check_block_size(hadamard_block, "hadamard_block")
     W_rot, H_rot = rotate_layer(W, H, block, signs)
     res = gptq(W_rot, H_rot, grid, act_order=act_order, **gptq_kwargs)
     return MRGPTQResult(res.weight.to(W.dtype), res.quantized, res.loss, res.damp_used, res.perm,
@@ -226,9 +291,11 @@ __all__ = [
     "HessianAccumulator",
     "MRGPTQResult",
     "Rotation",
+    "check_symmetric",
     "damp_ladder",
     "gptq",
     "inverse_hessian_factor",
     "mr_gptq",
     "rotate_layer",
+    "symmetry_tolerance",
 ]

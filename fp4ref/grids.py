@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .codecs import decode_table, e8m0_to_float, encode, magnitude_codes
+from .codecs import check_bool, check_int, check_real, decode_table, e8m0_to_float, encode, magnitude_codes
 from .formats import E2M1, E4M3, ELEMENT_FORMATS, get_format
 from .layouts import pack_fp4
 from .mx import SCALE_MODES, MXTensor, inverse_scale, scale_bytes
@@ -38,7 +38,7 @@ def _check_matrix(W: object, arg: str = "W") -> torch.Tensor:
 
 
 def _check_search(scale_search: str) -> str:
-    if scale_search not in SCALE_SEARCHES:
+    if not isinstance(scale_search, str) or scale_search not in SCALE_SEARCHES:
         raise ValueError(f"scale_search={scale_search!r} is not one of {SCALE_SEARCHES}")
     return scale_search
 
@@ -54,6 +54,37 @@ class Grid:
     """Common interface; subclasses set ``group_size`` and implement the ``_`` methods."""
 
     group_size: int
+    _fitted_type: type = object
+
+    def _scale_tensors(self, fitted) -> dict[str, torch.Tensor]:
+        """The per-group tensors of ``fitted`` (name -> (rows, n_groups) tensor)."""
+        raise NotImplementedError
+
+    def check_fitted(self, fitted: object, rows: int, cols: int | None, device: torch.device,
+                     arg: str = "fitted") -> None:
+        """TypeError/ValueError unless ``fitted`` is this grid's scales for a (rows, cols) matrix on ``device``
+        (``cols=None``: any number of groups)."""
+        if not isinstance(fitted, self._fitted_type):
+            raise TypeError(f"{arg} must be the {self._fitted_type.__name__} that this grid's fit() returns, got "
+                            f"{type(fitted).__name__}")
+        for name, t in self._scale_tensors(fitted).items():
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                raise ValueError(f"{arg}.{name} must be a 2-D (rows, groups) tensor, got {getattr(t, 'shape', t)!r}")
+            if t.shape[0] != rows or (cols is not None and t.shape[1] != self.n_groups(cols)):
+                want = (rows, "any" if cols is None else self.n_groups(cols))
+                raise ValueError(f"{arg}.{name} has shape {tuple(t.shape)}, expected {want} for a matrix of "
+                                 f"{rows} rows" + ("" if cols is None else f" and {cols} columns"))
+            if t.device != device:
+                raise ValueError(f"{arg}.{name} is on {t.device} but the weights are on {device}")
+
+    def _check_column(self, w_col: object, col_index: object, fitted) -> None:
+        if not isinstance(w_col, torch.Tensor) or not w_col.is_floating_point() or w_col.dim() != 1:
+            raise TypeError(f"w_col must be a 1-D floating-point tensor, got {getattr(w_col, 'shape', type(w_col))}")
+        check_int(col_index, "col_index", min=0)
+        self.check_fitted(fitted, w_col.shape[0], None, w_col.device)
+        groups = next(iter(self._scale_tensors(fitted).values())).shape[1]
+        if col_index // self.group_size >= groups:
+            raise ValueError(f"col_index={col_index} is past the {groups} groups of fitted")
 
     def n_groups(self, cols: int) -> int:
         return -(-cols // self.group_size)
@@ -70,15 +101,25 @@ class Grid:
 
     def refit_group(self, fitted, W_group: torch.Tensor, group: int) -> None:
         """Refits group ``group``'s scales in place from ``W_group`` (rows, ≤ group_size): dynamic scales."""
+        W_group = _check_matrix(W_group, "W_group")
+        check_int(group, "group", min=0)
+        self.check_fitted(fitted, W_group.shape[0], None, W_group.device)
+        groups = next(iter(self._scale_tensors(fitted).values())).shape[1]
+        if group >= groups:
+            raise ValueError(f"group={group} is past the {groups} groups of fitted")
+        if not 1 <= W_group.shape[1] <= self.group_size:
+            raise ValueError(f"W_group must have 1 to {self.group_size} columns, got {W_group.shape[1]}")
         self._refit_group(fitted, W_group, group)
 
     def quantize_column(self, w_col: torch.Tensor, col_index: int, fitted) -> torch.Tensor:
         """Grid value of each element of column ``col_index`` (shape (rows,)), in ``w_col``'s dtype."""
+        self._check_column(w_col, col_index, fitted)
         return self._values(w_col.unsqueeze(1), col_index, fitted).squeeze(1).to(w_col.dtype)
 
     def quantize(self, W: torch.Tensor, fitted) -> torch.Tensor:
         """Every column of ``W`` rounded with ``fitted`` (the matrix version of quantize_column)."""
         W = _check_matrix(W)
+        self.check_fitted(fitted, W.shape[0], W.shape[1], W.device)
         return self._values(W, 0, fitted).to(W.dtype)
 
     def rtn(self, W: torch.Tensor) -> torch.Tensor:
@@ -88,6 +129,7 @@ class Grid:
 
     def group_errors(self, W: torch.Tensor, fitted) -> torch.Tensor:
         """Σ (w − Q(w))² per (row, group), in float64: the MSE search's objective."""
+        W = _check_matrix(W)
         d = (W.double() - self.quantize(W, fitted).double()) ** 2
         rows, cols = W.shape
         pad = self.n_groups(cols) * self.group_size - cols
@@ -99,8 +141,10 @@ class Grid:
         With ``strict`` a ``W_hat`` that is not on the grid raises ValueError instead of being re-rounded.
         """
         W_hat = _check_matrix(W_hat, "W_hat")
+        check_bool(strict, "strict")
         if fitted is None:
             fitted = self.fit(W_hat)
+        self.check_fitted(fitted, W_hat.shape[0], W_hat.shape[1], W_hat.device)
         q = self._encode(W_hat, fitted)
         if strict and not torch.equal(q.dequantize(W_hat.dtype), W_hat):
             raise ValueError("W_hat is not on the grid of the given scales: encoding would re-round it")
@@ -148,7 +192,8 @@ class IntGrid(Grid):
             raise ValueError(f"group_size must be a positive int or None (per row), got {group_size!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        self.bits, self.symmetric, self.maxq, self.dtype = bits, bool(symmetric), 2**bits - 1, dtype
+        check_bool(symmetric, "symmetric")
+        self.bits, self.symmetric, self.maxq, self.dtype = bits, symmetric, 2**bits - 1, dtype
         self._group_size = group_size
 
     @property
@@ -168,6 +213,11 @@ class IntGrid(Grid):
         if self._group_size is None:
             return ((W.double() - self.quantize(W, fitted).double()) ** 2).sum(1, keepdim=True)
         return super().group_errors(W, fitted)
+
+    _fitted_type = IntScales
+
+    def _scale_tensors(self, fitted: IntScales) -> dict[str, torch.Tensor]:
+        return {"scale": fitted.scale, "zero": fitted.zero}
 
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.dtype)
@@ -211,6 +261,7 @@ class IntGrid(Grid):
         return s * (q - z)
 
     def quantize_column(self, w_col: torch.Tensor, col_index: int, fitted: IntScales) -> torch.Tensor:
+        self._check_column(w_col, col_index, fitted)
         g = 0 if self._group_size is None else col_index // self._group_size
         s, z = fitted.scale[:, g], fitted.zero[:, g]
         return (s * (torch.clamp(torch.round(w_col.to(self.dtype) / s) + z, 0, self.maxq) - z)).to(w_col.dtype)
@@ -259,6 +310,11 @@ class MXGrid(Grid):
     def __repr__(self) -> str:
         return (f"MXGrid(elem={self.elem!r}, block_size={self.group_size}, scale_mode={self.scale_mode!r}, "
                 f"scale_search={self.scale_search!r})")
+
+    _fitted_type = MXScales
+
+    def _scale_tensors(self, fitted: MXScales) -> dict[str, torch.Tensor]:
+        return {"scales": fitted.scales}
 
     def _absmax_bytes(self, W: torch.Tensor) -> torch.Tensor:
         rows = W.shape[0]
@@ -328,16 +384,26 @@ class NVFP4Grid(Grid):
             raise ValueError(f"recipe={recipe!r} is not one of {self.RECIPES} for GPTQ grids")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2 or block_size % 2:
             raise ValueError(f"block_size must be a positive even int, got {block_size!r}")
-        if global_amax is not None:
-            g = float(global_amax)
-            if not (g >= 0 and g < float("inf")):
-                raise ValueError(f"global_amax must be finite and >= 0, got {global_amax!r}")
+        if isinstance(global_amax, torch.Tensor):
+            if global_amax.numel() != 1 or global_amax.dtype == torch.bool or global_amax.is_complex():
+                raise TypeError(f"global_amax must be a real number or a real scalar tensor, got "
+                                f"{global_amax.dtype} of shape {tuple(global_amax.shape)}")
+            if global_amax.device.type == "meta":
+                raise ValueError("global_amax is on the meta device (fp4ref's ops are not supported on meta tensors)")
+            check_real(float(global_amax), "global_amax", min=0.0)
+        elif global_amax is not None:
+            check_real(global_amax, "global_amax", min=0.0)
         self.recipe, self.group_size, self.global_amax = recipe, block_size, global_amax
         self.scale_search = _check_search(scale_search)
 
     def __repr__(self) -> str:
         return (f"NVFP4Grid(recipe={self.recipe!r}, block_size={self.group_size}, global_amax={self.global_amax!r}, "
                 f"scale_search={self.scale_search!r})")
+
+    _fitted_type = NVFP4Scales
+
+    def _scale_tensors(self, fitted: NVFP4Scales) -> dict[str, torch.Tensor]:
+        return {"scales": fitted.scales}
 
     def _globals(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amax = finite_amax(W) if self.global_amax is None else f32(float(self.global_amax), W.device)

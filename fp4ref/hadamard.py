@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .codecs import check_int
+
 MIN_BLOCK = 2
 MAX_BLOCK = 256
 _INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -33,6 +35,9 @@ def check_signs(signs: object, block_size: int, axis_len: int, arg: str = "signs
         raise TypeError(f"{arg} must be a torch.Tensor of ±1, got {type(signs).__name__}")
     if signs.dtype == torch.bool or signs.is_complex():
         raise TypeError(f"{arg} must be a real tensor of ±1, got {signs.dtype}")
+    if signs.device.type == "meta":
+        raise ValueError(f"{arg} is on the meta device: its values cannot be checked (fp4ref's ops are not "
+                         "supported on meta tensors)")
     if signs.dim() != 1 or signs.numel() not in (block_size, axis_len):
         raise ValueError(f"{arg} must be 1-D of length block_size ({block_size}) or the axis length "
                          f"({axis_len}), got shape {tuple(signs.shape)}")
@@ -41,13 +46,15 @@ def check_signs(signs: object, block_size: int, axis_len: int, arg: str = "signs
     return signs
 
 
-def check_block_hadamard(x: object, block_size: object, signs: object = None, axis: object = -1) -> int:
-    """Argument checks shared by every backend of ``block_hadamard``; returns ``axis`` made non-negative."""
+def check_block_hadamard(x: object, block_size: object, signs: object = None, axis: object = -1, *,
+                         arg: str = "block_size") -> int:
+    """Argument checks shared by every backend of ``block_hadamard``; returns ``axis`` made non-negative.
+    ``arg`` is the name the caller gave ``block_size`` (e.g. ``hadamard_block``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _INPUT_DTYPES:
         raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    b = check_block_size(block_size)
+    b = check_block_size(block_size, arg)
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     if x.dim() == 0:
@@ -113,7 +120,9 @@ def rotate_weight(weight: torch.Tensor, block_size: int, signs: torch.Tensor | N
 
     Because R is orthogonal, ``block_hadamard(x) @ rotate_weight(W).T == x @ W.T`` in exact arithmetic.
     """
-    if isinstance(weight, torch.Tensor) and weight.dim() != 2:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     return block_hadamard(weight, block_size, signs=signs, axis=-1)
 
@@ -125,6 +134,8 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, *,
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if not _is_pow2(n) or n > 2**15:
         raise ValueError(f"n must be a power of two from 1 to 32768, got {n}")
+    if not isinstance(dtype, torch.dtype) or dtype == torch.bool or dtype.is_complex:
+        raise TypeError(f"dtype must be a real torch.dtype, got {dtype!r}")
     i = torch.arange(n, device=device)
     bits = i[:, None] & i[None, :]
     parity = torch.zeros_like(bits)
@@ -136,8 +147,14 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, *,
 def random_signs(n: int, seed: int | None = None, generator: torch.Generator | None = None, *,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """``n`` independent fair ±1 signs (float32) from ``seed`` or ``generator`` (torch's default RNG if neither)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
+    if n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    if seed is not None:
+        check_int(seed, "seed")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if seed is not None and generator is not None:
         raise ValueError("give seed or generator, not both")
     if seed is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .codecs import check_uint8_tensor
+from .codecs import check_int, check_not_meta, check_uint8_tensor
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -12,7 +12,7 @@ def _ceil_to(n: int, m: int) -> int:
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
     """Pack E2M1 codes (uint8 [..., K], K even, each < 16): element 2i -> low nibble, 2i+1 -> high nibble."""
-    codes = check_uint8_tensor(codes, "codes")
+    codes = check_not_meta(check_uint8_tensor(codes, "codes"), "codes")
     if codes.dim() == 0 or codes.shape[-1] % 2:
         raise ValueError(f"codes' last dimension must be even to pack two FP4 codes per byte, got shape "
                          f"{tuple(codes.shape)}")
@@ -47,15 +47,21 @@ def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def unswizzle_scales(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of swizzle_scales: 1-D blocked bytes -> uint8 [rows, cols] (padding dropped)."""
+def check_unswizzle_args(blocked: object, rows: object, cols: object) -> tuple[torch.Tensor, int, int]:
+    """Argument checks of ``unswizzle_scales`` shared by both backends; returns (blocked as uint8, rows, cols)."""
     blocked = check_uint8_tensor(blocked, "blocked")
-    if rows < 0 or cols < 0:
-        raise ValueError(f"rows and cols must be non-negative, got {rows}, {cols}")
+    rows, cols = check_int(rows, "rows", min=0), check_int(cols, "cols", min=0)
     rp, cp = _ceil_to(rows, 128), _ceil_to(cols, 4)
     if blocked.dim() != 1 or blocked.numel() != rp * cp:
         raise ValueError(f"blocked must be 1-D with {rp * cp} bytes for a ({rows}, {cols}) scale matrix "
                          f"(padded to ({rp}, {cp})), got shape {tuple(blocked.shape)}")
+    return blocked, rows, cols
+
+
+def unswizzle_scales(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of swizzle_scales: 1-D blocked bytes -> uint8 [rows, cols] (padding dropped)."""
+    blocked, rows, cols = check_unswizzle_args(blocked, rows, cols)
+    rp, cp = _ceil_to(rows, 128), _ceil_to(cols, 4)
     t = blocked.view(rp // 128, cp // 4, 32, 4, 4).permute(0, 3, 2, 1, 4).reshape(rp, cp)
     return t[:rows, :cols].contiguous()
 

@@ -14,10 +14,52 @@ import torch
 COMPARE = (("rtn", None), ("rtn", "qep"), ("gptq", None), ("gptq", "qep"), ("mr-gptq", None), ("mr-gptq", "qep"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _size(text: str) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30, "TIB": 2**40}
+    t = text.strip().upper()
+    num = t.rstrip("KMGTIB")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return int(value)
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fp4ref quantize", description=(
-        "Quantize the embedded SmolLM2-135M-Instruct (weights: dequantized GGUF Q4_1, which flatters int4) "
-        "block by block and report Python-docs perplexity before and after."))
+    p = _Parser(prog="fp4ref quantize", description=(
+        "Quantize a causal LM block by block and report perplexity before and after: by default the embedded "
+        "SmolLM2-135M-Instruct (weights: dequantized GGUF Q4_1, which flatters int4) on the Python docs; with "
+        "--model, your own Hugging Face folder or .gguf file, streamed from disk (docs/model.md)."))
+    p.add_argument("--model", type=Path, default=None, help="a local Hugging Face causal-LM folder (config.json, "
+                   "*.safetensors, tokenizer) or a .gguf file; needs --out")
+    p.add_argument("--calib-text", type=Path, default=None, help="calibration text (UTF-8), tokenized by the model")
+    p.add_argument("--eval-text", type=Path, default=None, help="evaluation text (UTF-8), windows of 512 tokens")
+    p.add_argument("--calib-tokens", type=Path, default=None, help="calibration token ids (.npy or .safetensors)")
+    p.add_argument("--offload-dir", type=Path, default=None, help="keep calibration activations here on disk")
+    p.add_argument("--resume", action="store_true", help="continue a killed --model run in its --out folder")
+    p.add_argument("--shard-size", type=_size, default=5 * 10**9, help="max bytes per output shard (default 5GB)")
     p.add_argument("--format", dest="fmt", choices=("mxfp4", "nvfp4", "int4"), default="mxfp4")
     p.add_argument("--method", choices=("rtn", "gptq", "mr-gptq"), default="gptq")
     p.add_argument("--qep", type=float, default=None, metavar="ALPHA",
@@ -33,15 +75,16 @@ def _parser() -> argparse.ArgumentParser:
                                                           "results.json and results.md) here")
     p.add_argument("--quick", action="store_true",
                    help="small run: 4x256 calibration tokens, 4x512 eval, first 2 blocks only")
-    p.add_argument("--calib", type=int, default=None, help="calibration windows (default 16, quick 4)")
-    p.add_argument("--calib-len", type=int, default=None, help="calibration window length (default 512, quick 256)")
-    p.add_argument("--eval", dest="n_eval", type=int, default=None, help="eval windows of 512 (default 16, quick 4)")
-    p.add_argument("--blocks", type=int, default=None, help="quantize only the first N blocks (default all)")
+    p.add_argument("--calib", type=_count, default=None, help="calibration windows (default 16, quick 4)")
+    p.add_argument("--calib-len", type=_count, default=None, help="calibration window length (default 512, quick 256)")
+    p.add_argument("--eval", dest="n_eval", type=_count, default=None,
+                   help="eval windows of 512 (default 16, quick 4; 0 skips evaluation)")
+    p.add_argument("--blocks", type=_count, default=None, help="quantize only the first N blocks (default all)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag")
     p.add_argument("--act-order", action="store_true", help="GPTQ: static activation order")
     p.add_argument("--hadamard-block", type=int, default=None, help="MR-GPTQ rotation block (default: group)")
     p.add_argument("--scale-search", choices=("mse", "absmax"), default="mse", help="MR-GPTQ scale fitting")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=_count, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--table", action="store_true", help="print the per-layer table (single runs print it "
                                                        "always; with --compare only when asked)")
@@ -94,6 +137,20 @@ def _label(method: str, qep) -> str:
 
 def cli_quantize(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.model is not None:
+        return _cli_pretrained(args)
+    for opt in ("calib_text", "eval_text", "calib_tokens", "offload_dir"):
+        if getattr(args, opt) is not None:
+            print(f"fp4ref quantize: --{opt.replace('_', '-')} needs --model (the embedded model uses its own text)",
+                  file=sys.stderr)
+            return 2
+    if args.resume:
+        print("fp4ref quantize: --resume needs --model", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        print(f"fp4ref quantize: --out {args.out}: exists and is not an empty folder; choose a new one",
+              file=sys.stderr)
+        return 2
     if args.qep is not None and not 0.0 <= args.qep <= 1.0:
         print(f"fp4ref quantize: --qep must be in [0, 1], got {args.qep}", file=sys.stderr)
         return 2
@@ -115,7 +172,7 @@ def cli_quantize(argv: list[str]) -> int:
     quick = args.quick
     n_calib = args.calib or (4 if quick else 16)
     calib_len = args.calib_len or (256 if quick else 512)
-    n_eval = args.n_eval or (4 if quick else 16)
+    n_eval = args.n_eval if args.n_eval is not None else (4 if quick else 16)
     if quick and args.blocks is None:
         args.blocks = 2
     progress = (lambda s: None) if args.quiet else (lambda s: print("  " + s, file=sys.stderr, flush=True))
@@ -180,6 +237,58 @@ def cli_quantize(argv: list[str]) -> int:
         (args.out / "results.json").write_text(json.dumps(dict(
             format=args.fmt, mode=mode, machine=_machine(device), calibration_tokens=n_calib * calib_len,
             eval_tokens=n_eval * 512, rows=rows), indent=1))
+    return 0
+
+
+def _cli_pretrained(args) -> int:
+    """``fp4ref quantize --model PATH --out DIR``: the streaming pipeline (fp4ref.pipeline), one line and exit 2
+    for a user's mistake."""
+    from .pipeline import quantize_pretrained
+    from .pipeline.dist import world_from_env
+    from .pipeline.errors import PipelineError
+    from .qep import ORIGINAL_EXCLUDE
+
+    if args.out is None:
+        print("fp4ref quantize: --model needs --out DIR (a new folder, or the folder of a run to --resume)",
+              file=sys.stderr)
+        return 2
+    if args.compare or args.blocks is not None or args.quick:
+        print("fp4ref quantize: --compare, --blocks and --quick are for the embedded model, not --model",
+              file=sys.stderr)
+        return 2
+    if args.calib_text is not None and args.calib_tokens is not None:
+        print("fp4ref quantize: give --calib-text or --calib-tokens, not both", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    main = int(__import__("os").environ.get("RANK", "0")) == 0
+    progress = (lambda s: None) if (args.quiet or not main) else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        res = quantize_pretrained(
+            args.model, args.out, method=args.method, fmt=args.fmt, qep=args.qep, act=args.act,
+            qep_layers=ORIGINAL_EXCLUDE if args.qep_skip_down else None, qep_damp=args.qep_damp, damp=args.damp,
+            act_order=args.act_order, hadamard_block=args.hadamard_block, scale_search=args.scale_search,
+            calib_text=args.calib_text, eval_text=args.eval_text, calib_tokens=args.calib_tokens,
+            n_calib=args.calib or 16, calib_len=args.calib_len or 512,
+            n_eval=args.n_eval if args.n_eval is not None else (16 if args.eval_text is not None or
+                                                                 (args.calib_text is None and args.calib_tokens is None) else 0),
+            device=args.device, offload_dir=args.offload_dir, resume=args.resume, shard_size=args.shard_size,
+            progress=progress)
+    except PipelineError as e:
+        if main:
+            print(f"fp4ref quantize: {e}", file=sys.stderr)
+        return 2
+    if main:
+        if not args.quiet:
+            print(res.table())
+        ppl = ("" if res.perplexity is None else
+               f"perplexity {res.perplexity_fp:.4f} -> {res.perplexity:.4f}; ")
+        dmem = "" if res.peak_device_mb is None else f", device {res.peak_device_mb:.0f} MiB"
+        print(f"{_label(args.method, args.qep)} {args.fmt} {'W4A4' if args.act else 'W4A16'}: {ppl}"
+              f"mean relative layer error {res.mean_rel_err():.5f}; {res.seconds:.1f} s on {world_from_env()} "
+              f"process(es); peak memory: host {res.peak_host_mb:.0f} MiB per rank{dmem}")
+        if res.rtn_fallback:
+            print(f"experts without calibration tokens (RTN): {', '.join(res.rtn_fallback)}")
+        print(f"saved checkpoint to {args.out}")
     return 0
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import gemm, hadamard, mx, nvfp4
+from .codecs import check_bool, check_float_dtype, check_int
 
 FORMATS = ("mxfp4", "nvfp4")
 DEFAULT_BLOCK = {"mxfp4": 32, "nvfp4": 16}
@@ -69,14 +70,21 @@ class FP4Linear(nn.Module):
                  quantize_activations: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if fmt is not None and fmt not in FORMATS:
+        in_features, out_features = check_int(in_features, "in_features", min=1), check_int(out_features,
+                                                                                            "out_features", min=1)
+        check_bool(bias, "bias")
+        check_bool(quantize_activations, "quantize_activations")
+        check_float_dtype(dtype, allowed=(torch.float32, torch.float64, torch.bfloat16, torch.float16))
+        if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
             raise ValueError(f"fmt must be one of {FORMATS} or None (no quantization), got {fmt!r}")
         if fmt is None and quantize_activations:
             raise ValueError("quantize_activations=True needs a format (fmt='mxfp4' or 'nvfp4')")
-        if fmt == "mxfp4" and scale_mode not in mx.SCALE_MODES:
+        if fmt == "mxfp4" and (not isinstance(scale_mode, str) or scale_mode not in mx.SCALE_MODES):
             raise ValueError(f"scale_mode must be one of {mx.SCALE_MODES}, got {scale_mode!r}")
-        if fmt == "nvfp4" and recipe not in nvfp4.RECIPES:
-            raise ValueError(f"recipe must be one of {nvfp4.RECIPES}, got {recipe!r}")
+        if fmt == "nvfp4":
+            nvfp4.check_recipe(recipe)
+        if block_size is not None:  # (0 is an error, not "the default")
+            mx.check_block_size(block_size, need_even=True)
         if rotation is not None:
             hadamard.check_block_size(rotation, "rotation")
             if in_features % rotation:
@@ -86,7 +94,7 @@ class FP4Linear(nn.Module):
                                                                               dtype=torch.float32).clone()
         elif signs is not None:
             raise ValueError("signs given without rotation")
-        bs = (block_size or DEFAULT_BLOCK[fmt]) if fmt else None
+        bs = (DEFAULT_BLOCK[fmt] if block_size is None else block_size) if fmt else None
         if bs is not None and in_features % bs:
             raise ValueError(f"in_features ({in_features}) must be a multiple of block_size ({bs})")
         self.in_features, self.out_features = in_features, out_features
@@ -134,7 +142,17 @@ class FP4Linear(nn.Module):
                        rotation: int | None = None, signs: torch.Tensor | None = None,
                        quantize_activations: bool = False) -> "FP4Linear":
         """Wraps an already quantized (N, K) weight, e.g. MR-GPTQ's, given in the rotated basis."""
-        gemm.check_linear_args(torch.zeros(1, weight.shape[1], device=weight.data.device), weight, bias)
+        _check_weight(weight, "weight")
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+                raise TypeError(f"bias must be a floating-point tensor or None, got "
+                                f"{getattr(bias, 'dtype', type(bias).__name__)}")
+            if tuple(bias.shape) != (weight.shape[0],):
+                raise ValueError(f"bias must have shape ({weight.shape[0]},) for weight of shape "
+                                 f"{tuple(weight.shape)}, got {tuple(bias.shape)}")
+            if bias.device != weight.data.device:
+                raise ValueError(f"bias is on {bias.device} but weight is on {weight.data.device}: they must be "
+                                 "on one device")
         fmt = "mxfp4" if isinstance(weight, mx.MXTensor) else "nvfp4"
         m = cls(weight.shape[1], weight.shape[0], bias is not None, fmt=fmt, block_size=weight.block_size,
                 scale_mode=getattr(weight, "scale_mode", "floor"), recipe=getattr(weight, "recipe", "te"),
@@ -146,7 +164,39 @@ class FP4Linear(nn.Module):
         return m
 
     def load_quantized(self, q: mx.MXTensor | nvfp4.NVFP4Tensor) -> None:
-        """Copies a quantized weight of this layer's shape and format into the buffers."""
+        """Copies a quantized weight of this layer's shape and format into the buffers.
+
+        ``q`` must match the layer exactly: an MXTensor (e2m1, blocked along K) for ``fmt="mxfp4"`` or an
+        NVFP4Tensor for ``"nvfp4"``, of shape (out_features, in_features), with the layer's block size and
+        scale mode (MX: "stretch" weights decode to a third of a "floor" weight's codes) or recipe (NVFP4:
+        W4A4 quantizes the activations with it). Nothing is broadcast or converted.
+        """
+        if self.fmt is None:
+            raise ValueError("this FP4Linear has fmt=None (a full-precision weight): there is no quantized weight "
+                             "to load")
+        meta = self.weight_packed.device.type == "meta"
+        want = (self.out_features, self.in_features)
+        if self.fmt == "mxfp4":
+            if not isinstance(q, mx.MXTensor):
+                raise TypeError(f"q must be an MXTensor for an fmt='mxfp4' layer, got {type(q).__name__}")
+            mx.check_mx_tensor(q, "q", values=not meta)
+            if q.elem != "e2m1" or len(q.shape) != 2 or q.axis % 2 != 1:
+                raise ValueError(f"q must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
+                                 f"elem={q.elem!r}, axis={q.axis}, shape {tuple(q.shape)}")
+            if q.scale_mode != self.scale_mode:
+                raise ValueError(f"q.scale_mode={q.scale_mode!r} does not match the layer's scale_mode="
+                                 f"{self.scale_mode!r}")
+        else:
+            if not isinstance(q, nvfp4.NVFP4Tensor):
+                raise TypeError(f"q must be an NVFP4Tensor for an fmt='nvfp4' layer, got {type(q).__name__}")
+            nvfp4.check_nvfp4_tensor(q, "q", values=not meta)
+            if q.recipe != self.recipe:
+                raise ValueError(f"q.recipe={q.recipe!r} does not match the layer's recipe={self.recipe!r}")
+        if tuple(q.shape) != want:
+            raise ValueError(f"q.shape={tuple(q.shape)} does not match the layer's weight shape (out_features, "
+                             f"in_features) = {want}")
+        if q.block_size != self.block_size:
+            raise ValueError(f"q.block_size={q.block_size} does not match the layer's block_size={self.block_size}")
         self.weight_packed.copy_(q.data.view(torch.uint8))
         self.weight_scale.copy_(q.scales.view(torch.uint8))
         if self.fmt == "nvfp4":
@@ -189,6 +239,10 @@ class FP4Linear(nn.Module):
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         xr = x if self.rotation is None else self.rotate_input(x)
         if self.fmt is None:
             w = self.weight.to(xr.dtype)
@@ -218,6 +272,21 @@ class FP4Linear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"quant=({q}), rotation={self.rotation}, signs={self.rotation_signs is not None}, "
                 f"W4A4={self.quantize_activations}")
+
+
+def _check_weight(w: object, arg: str) -> None:
+    """An (N, K) quantized weight: an MXTensor (e2m1, blocked along K) or an NVFP4Tensor, valid in itself."""
+    if isinstance(w, mx.MXTensor):
+        mx.check_mx_tensor(w, arg)
+        if w.elem != "e2m1" or len(w.shape) != 2 or w.axis % 2 != 1:
+            raise ValueError(f"{arg} must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
+                             f"elem={w.elem!r}, axis={w.axis}, shape {tuple(w.shape)}")
+    elif isinstance(w, nvfp4.NVFP4Tensor):
+        nvfp4.check_nvfp4_tensor(w, arg)
+        if len(w.shape) != 2:
+            raise ValueError(f"{arg} must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
+    else:
+        raise TypeError(f"{arg} must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
 
 
 def _matches(name: str, patterns: Iterable[str | re.Pattern]) -> bool:

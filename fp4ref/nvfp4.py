@@ -5,15 +5,17 @@ One small function per recipe step; every float operation is a single float32 op
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from . import _fast
-from .codecs import check_uint8_tensor, decode_table, encode, magnitude_codes
+from .codecs import (check_float_dtype, check_not_meta, check_same_device, check_uint8_tensor, decode_table, encode,
+                     magnitude_codes)
 from .formats import E2M1, E4M3
 from .layouts import as_e4m3, as_float4_x2, pack_fp4, unpack_fp4
-from .mx import block_amax, check_block_args
+from .mx import block_amax, check_block_args, check_block_size, check_shape
 
 RECIPES = ("te", "torchao", "modelopt", "compressed-tensors")
 FLT_MAX = torch.finfo(torch.float32).max
@@ -37,14 +39,20 @@ class NVFP4Tensor:
     shape: torch.Size
     block_size: int = 16
 
+    def __post_init__(self) -> None:
+        # Built by hand or by the library, the fields must agree (checked again by every op: fields can change).
+        check_nvfp4_tensor(self, "NVFP4Tensor", values=False)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_nvfp4(self, dtype)
 
     def codes(self) -> torch.Tensor:
+        check_nvfp4_tensor(self, "self", values=False)
         return unpack_fp4(self.data)
 
     def to_torch_dtypes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float4_e2m1fn_x2 data, float8_e4m3fn scales) views."""
+        check_nvfp4_tensor(self, "self", values=False)
         return as_float4_x2(self.data), as_e4m3(self.scales)
 
     @property
@@ -61,18 +69,29 @@ def finite_amax(x: torch.Tensor) -> torch.Tensor:
 
 def check_nvfp4_args(x: torch.Tensor, global_amax, recipe: str, block_size: int) -> torch.Tensor | None:
     """Validate quantize_nvfp4's arguments; returns global_amax as a float32 scalar tensor (or None)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe={recipe!r} is not one of {RECIPES}")
+    check_recipe(recipe)
     check_block_args(x, block_size, -1, need_even=True)
     if global_amax is None:
         return None
-    g = torch.as_tensor(global_amax, dtype=torch.float32, device=x.device)
-    if g.numel() != 1:
-        raise ValueError(f"global_amax must be a scalar, got shape {tuple(g.shape)}")
-    g = g.reshape(())
+    if isinstance(global_amax, torch.Tensor):
+        if global_amax.dtype == torch.bool or global_amax.is_complex():
+            raise TypeError(f"global_amax must be a real number or a real scalar tensor, got {global_amax.dtype}")
+        check_not_meta(global_amax, "global_amax")
+        if global_amax.numel() != 1:
+            raise ValueError(f"global_amax must be a scalar, got shape {tuple(global_amax.shape)}")
+    elif isinstance(global_amax, bool) or not isinstance(global_amax, numbers.Real):
+        raise TypeError(f"global_amax must be a real number, a float32 scalar tensor or None, got "
+                        f"{type(global_amax).__name__} {global_amax!r}")
+    g = torch.as_tensor(global_amax, dtype=torch.float32, device=x.device).reshape(())
     if not bool(torch.isfinite(g)) or bool(g < 0):
         raise ValueError(f"global_amax must be finite and >= 0, got {float(g)}")
     return g
+
+
+def check_recipe(recipe: object, arg: str = "recipe") -> str:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        raise ValueError(f"{arg}={recipe!r} is not one of {RECIPES}")
+    return recipe
 
 
 # --- recipe "te": NVIDIA Transformer Engine's chain -------------------------------------------------------
@@ -185,28 +204,45 @@ def quantize_nvfp4_reference(x: torch.Tensor, g: torch.Tensor | None, recipe: st
                        block_size)
 
 
-def check_nvfp4_tensor(q: object, arg: str = "q") -> NVFP4Tensor:
-    """Validate an NVFP4Tensor's fields against each other."""
+def check_nvfp4_tensor(q: object, arg: str = "q", *, values: bool = True) -> NVFP4Tensor:
+    """Validate an NVFP4Tensor's fields, alone and against each other (types, dtypes, shapes, block size,
+    recipe, one device for data, scales and global_scale); ``values=True`` (every op that reads the values)
+    also refuses meta tensors."""
     if not isinstance(q, NVFP4Tensor):
         raise TypeError(f"{arg} must be an NVFP4Tensor, got {type(q).__name__}")
+    check_recipe(q.recipe, f"{arg}.recipe")
+    check_block_size(q.block_size, f"{arg}.block_size", need_even=True)
+    shape = tuple(check_shape(q.shape, f"{arg}.shape"))
     check_uint8_tensor(q.data, f"{arg}.data")
     check_uint8_tensor(q.scales, f"{arg}.scales")
-    shape = tuple(q.shape)
-    if not shape or shape[-1] % q.block_size:
-        raise ValueError(f"{arg}.shape={shape} has a last dimension that is not a multiple of {q.block_size}")
+    gs = q.global_scale
+    if not isinstance(gs, torch.Tensor) or gs.dtype != torch.float32 or gs.numel() != 1:
+        got = f"{gs.dtype} of shape {tuple(gs.shape)}" if isinstance(gs, torch.Tensor) else type(gs).__name__
+        raise TypeError(f"{arg}.global_scale must be a float32 scalar tensor, got {got}")
+    check_same_device({f"{arg}.data": q.data, f"{arg}.scales": q.scales, f"{arg}.global_scale": gs}, arg)
+    if shape[-1] % q.block_size:
+        raise ValueError(f"{arg}.shape={shape} has a last dimension that is not a multiple of "
+                         f"{arg}.block_size={q.block_size}")
     if tuple(q.data.shape) != shape[:-1] + (shape[-1] // 2,):
         raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {shape[:-1] + (shape[-1] // 2,)}")
     if tuple(q.scales.shape) != shape[:-1] + (shape[-1] // q.block_size,):
         raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected "
                          f"{shape[:-1] + (shape[-1] // q.block_size,)}")
-    if not isinstance(q.global_scale, torch.Tensor) or q.global_scale.numel() != 1:
-        raise ValueError(f"{arg}.global_scale must be a float32 scalar tensor")
+    if values:
+        check_not_meta(q.data, f"{arg}.data")
+    return q
+
+
+def check_dequantize_nvfp4_args(q: object, dtype: object) -> NVFP4Tensor:
+    """Argument checks of ``dequantize_nvfp4`` shared by both backends: a valid NVFP4Tensor, a floating dtype."""
+    check_nvfp4_tensor(q)
+    check_float_dtype(dtype)
     return q
 
 
 def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``fp32(fp32(decode_e2m1(code) * decode_e4m3(s_b)) * global_scale)``; a NaN scale gives NaN."""
-    check_nvfp4_tensor(q)
+    check_dequantize_nvfp4_args(q, dtype)
     fast = _fast.dequantize_nvfp4_fast(q, dtype)
     return fast if fast is not None else dequantize_nvfp4_reference(q, dtype)
 

@@ -16,10 +16,10 @@ from typing import Any, Callable
 import torch
 
 from . import codecs, layouts, mx, nvfp4
-from .codecs import check_float_tensor, check_uint8_tensor
-from .formats import get_format
-from .mx import MXTensor, check_mx_args, check_mx_tensor
-from .nvfp4 import NVFP4Tensor, check_nvfp4_args, check_nvfp4_tensor
+from .codecs import check_bool, check_decode_args, check_encode_args, check_uint8_tensor
+from .layouts import check_unswizzle_args
+from .mx import MXTensor, check_dequantize_mx_args, check_mx_args
+from .nvfp4 import NVFP4Tensor, check_dequantize_nvfp4_args, check_nvfp4_args
 
 __all__ = [
     "backend", "encode", "decode", "pack_fp4", "unpack_fp4", "swizzle_scales", "unswizzle_scales",
@@ -68,13 +68,13 @@ def _dispatch(name: str, reference: Callable, check: Callable | None, first: Any
 # --- §2 codecs ---------------------------------------------------------------------------------------------
 def encode(x: torch.Tensor, fmt: str, *, saturate: bool = True, rounding: str = "rne",
            generator: torch.Generator | None = None) -> torch.Tensor:
-    return _dispatch("encode", codecs.encode, lambda: (check_float_tensor(x), get_format(fmt)), x, x, fmt,
+    return _dispatch("encode", codecs.encode, lambda: check_encode_args(x, fmt, saturate, rounding, generator), x, x, fmt,
                      saturate=saturate, rounding=rounding, generator=generator)
 
 
 def decode(codes: torch.Tensor, fmt: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return _dispatch("decode", codecs.decode, lambda: (check_uint8_tensor(codes, "codes"), get_format(fmt)),
-                     codes, codes, fmt, dtype)
+    return _dispatch("decode", codecs.decode, lambda: check_decode_args(codes, fmt, dtype), codes, codes, fmt,
+                     dtype)
 
 
 # --- §3 layouts --------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
 
 def unswizzle_scales(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return _dispatch("unswizzle_scales", layouts.unswizzle_scales,
-                     lambda: check_uint8_tensor(blocked, "blocked"), blocked, blocked, rows, cols)
+                     lambda: check_unswizzle_args(blocked, rows, cols), blocked, blocked, rows, cols)
 
 
 # --- §4/§5 block quantizers --------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def quantize_mx(x: torch.Tensor, elem: str = "e2m1", *, block_size: int = 32, sc
 
 
 def dequantize_mx(q: MXTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return _dispatch("dequantize_mx", mx.dequantize_mx, lambda: check_mx_tensor(q), q, q, dtype)
+    return _dispatch("dequantize_mx", mx.dequantize_mx, lambda: check_dequantize_mx_args(q, dtype), q, q, dtype)
 
 
 def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None = None, recipe: str = "te",
@@ -116,7 +116,8 @@ def quantize_nvfp4(x: torch.Tensor, *, global_amax: float | torch.Tensor | None 
 
 
 def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return _dispatch("dequantize_nvfp4", nvfp4.dequantize_nvfp4, lambda: check_nvfp4_tensor(q), q, q, dtype)
+    return _dispatch("dequantize_nvfp4", nvfp4.dequantize_nvfp4, lambda: check_dequantize_nvfp4_args(q, dtype), q, q,
+                     dtype)
 
 
 # --- §7 rotations ------------------------------------------------------------------------------------------
@@ -162,9 +163,10 @@ def hadamard_quantize(x: torch.Tensor, fmt: str = "mxfp4", *, hadamard_block: in
     from . import hadamard
 
     def check():
-        if fmt not in ("mxfp4", "nvfp4"):
+        if not isinstance(fmt, str) or fmt not in ("mxfp4", "nvfp4"):
             raise ValueError(f"fmt={fmt!r} is not 'mxfp4' or 'nvfp4'")
-        hadamard.check_hadamard_args(x, hadamard_block, signs, -1)
+        check_bool(swizzle, "swizzle")
+        hadamard.check_hadamard_args(x, hadamard_block, signs, -1, arg="hadamard_block")
         if fmt == "mxfp4":
             check_mx_args(x, "e2m1", 32, scale_mode, -1)
         else:

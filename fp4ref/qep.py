@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
-from .gptq import HessianAccumulator
+from .codecs import check_float_dtype, check_not_meta, check_real
+from .gptq import WORK_DTYPES, HessianAccumulator, check_symmetric
 
 ORIGINAL_EXCLUDE = {r"down_proj": 0.0}  # FujitsuResearch/qep never corrects mlp.down_proj
 ORIGINAL_DAMP = 1.0  # the original code's correction damping: 100 % of mean(diag Ĥ) (--percdampqep)
@@ -58,19 +59,27 @@ def qep_target(W: torch.Tensor, H_hat: torch.Tensor, H_delta: torch.Tensor, alph
 
     Dead inputs (``diag Ĥ == 0``) get a unit diagonal, as in GPTQ (their H_δ column is 0, so W* keeps W
     there). Returned in ``out_dtype`` (default W's dtype). A Ĥ + λI that is not positive definite raises
-    ``torch.linalg.LinAlgError`` naming the layer.
+    ``torch.linalg.LinAlgError`` naming the layer. ``H_hat`` must be symmetric within the tolerance of
+    ``fp4ref.gptq.check_symmetric`` (ValueError otherwise); ``H_delta`` is not symmetric in general.
     """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
     if not isinstance(W, torch.Tensor) or not W.is_floating_point() or W.dim() != 2:
         raise TypeError(f"W must be a 2-D floating-point tensor, got {getattr(W, 'shape', type(W))}")
+    check_not_meta(W, "W")
     d = W.shape[1]
     for arg, t in (("H_hat", H_hat), ("H_delta", H_delta)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (d, d):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{arg} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        if tuple(t.shape) != (d, d):
             raise ValueError(f"{arg} must be a ({d}, {d}) tensor for W of shape {tuple(W.shape)}, "
                              f"got {getattr(t, 'shape', type(t))}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if not damp >= 0:
-        raise ValueError(f"damp must be >= 0, got {damp!r}")
+        check_not_meta(t, arg)
+    check_real(alpha, "alpha", min=0.0, max=1.0)
+    check_real(damp, "damp", min=0.0)
+    check_float_dtype(dtype, allowed=WORK_DTYPES)
+    if out_dtype is not None:
+        check_float_dtype(out_dtype, "out_dtype")
     out_dtype = W.dtype if out_dtype is None else out_dtype
     if alpha == 0:
         return W.detach().to(out_dtype, copy=True)
@@ -80,6 +89,7 @@ def qep_target(W: torch.Tensor, H_hat: torch.Tensor, H_delta: torch.Tensor, alph
     Hdelta = H_delta.detach().to(device=W.device, dtype=dtype)
     if not bool(torch.isfinite(Hh).all() and torch.isfinite(Hdelta).all()):
         raise torch.linalg.LinAlgError(f"{layer}: H_hat or H_delta holds NaN or Inf")
+    check_symmetric(H_hat, "H_hat", name)
     dead = torch.diagonal(Hh) == 0
     Hh[dead, dead] = 1.0
     Hh.diagonal().add_(damp * float(torch.diagonal(Hh).mean()))

@@ -77,9 +77,10 @@ def unfuse_experts(block: nn.Module, disk_keys: set[str], block_prefix: str) -> 
         names = next((t for t in EXPERT_NAMES if all(f"{stem}{n}.weight" in disk_keys for n in t)), None)
         if names is None:
             found = sorted(k[len(stem):] for k in disk_keys if k.startswith(stem))
-            raise PipelineError(f"block {block_prefix}: the experts {name!r} are fused in the module tree, and the "
-                                f"checkpoint does not name expert 0's projections as any of {EXPERT_NAMES} "
-                                f"(found {found[:6]})")
+            raise PipelineError(f"block {block_prefix} is not supported: its experts {name!r} are fused in the module "
+                                f"tree and the checkpoint does not name expert 0's projections {stem}{{gate,up,down}} "
+                                f"as any of {EXPERT_NAMES} (found {found[:6]}); the block's modules: "
+                                f"{[n for n, _ in block.named_modules() if n]}")
         parent, _, leaf = name.rpartition(".")
         setattr(block.get_submodule(parent) if parent else block, leaf, ExpertLinears(m, names))
 
