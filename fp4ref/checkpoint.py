@@ -177,14 +177,33 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor
     config = json.loads((d / "config.json").read_text())
     if "fp4ref" not in config:
         raise ValueError(f"{d / 'config.json'} has no 'fp4ref' section: not written by fp4ref.save_checkpoint")
-    tensors = load_file(str(d / WEIGHTS_FILE))
+    index = d / "model.safetensors.index.json"
+    if index.is_file():  # sharded (fp4ref quantize --model): every shard the index names
+        tensors = {}
+        for f in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            tensors.update(load_file(str(d / f)))
+    else:
+        tensors = load_file(str(d / WEIGHTS_FILE))
     meta = config["fp4ref"]
     quantized = {n: unpack_tensors(tensors, n, meta["format"], tuple(shape), meta.get("scale_mode") or "floor")
                  for n, shape in meta["shapes"].items()}
     plain = {k: v for k, v in tensors.items()
              if not any(k == f"{n}.{p}" for n in quantized for p in ("weight_packed", "weight_scale",
-                                                                      "weight_global_scale"))}
+                                                                      "weight_global_scale", "input_global_scale"))}
     return config, plain, quantized
+
+
+def _unfuse_for(model: torch.nn.Module, quantized: dict) -> None:
+    """MoE: transformers holds experts fused (3-D tensors); the checkpoint has one quantized linear per expert,
+    so each fused experts module whose per-expert names the checkpoint uses becomes ExpertLinears."""
+    from .pipeline.blocks import EXPERT_NAMES, ExpertLinears, _is_fused_experts
+
+    for name, m in list(model.named_modules()):
+        if _is_fused_experts(m):
+            names = next((t for t in EXPERT_NAMES if f"{name}.0.{t[0]}" in quantized), None)
+            if names is not None:
+                parent, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, leaf, ExpertLinears(m, names))
 
 
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"):
@@ -201,12 +220,14 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # ours is applied below, not by transformers
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    _unfuse_for(model, quantized)
     for name, q in quantized.items():
         rot = meta["rotations"].get(name)
         rotation = None if rot is None else Rotation(
             rot["block_size"], None if rot["signs"] is None else torch.tensor(rot["signs"], dtype=torch.float32))
-        new = QuantLinear(q.dequantize(), plain.pop(f"{name}.bias", None), quantized=q, rotation=rotation,
-                          act_fmt=meta["act"], fmt=meta["format"])
+        bias = plain.pop(f"{name}.bias", None)
+        new = QuantLinear(q.dequantize(), None if bias is None else bias.float(), quantized=q, rotation=rotation,
+                          act_fmt=meta["act"], fmt=meta["format"], act_amax=meta.get("act_amax", {}).get(name))
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     missing, unexpected = model.load_state_dict(plain, strict=False, assign=True)

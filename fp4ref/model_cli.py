@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -10,6 +11,10 @@ import time
 from pathlib import Path
 
 import torch
+
+# torch's pytree registry warns on import of some peers (torchao) about Enum constants: noise, not the user's
+# concern, and it would break the CLI's one-line errors.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 COMPARE = (("rtn", None), ("rtn", "qep"), ("gptq", None), ("gptq", "qep"), ("mr-gptq", None), ("mr-gptq", "qep"))
 
@@ -274,8 +279,8 @@ def _cli_pretrained(args) -> int:
             device=args.device, offload_dir=args.offload_dir, resume=args.resume, shard_size=args.shard_size,
             progress=progress)
     except PipelineError as e:
-        if main:
-            print(f"fp4ref quantize: {e}", file=sys.stderr)
+        rank = "" if world_from_env() == 1 else f" [rank {__import__('os').environ.get('RANK', '0')}]"
+        print(f"fp4ref quantize{rank}: {e}", file=sys.stderr)
         return 2
     if main:
         if not args.quiet:

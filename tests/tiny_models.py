@@ -5,6 +5,7 @@ tokenizer is a word-level ``tokenizers`` vocabulary of a fixed text, saved as to
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -74,5 +75,8 @@ def make(path: Path, family: str = "llama", *, seed: int = 0, shard: str | None 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, max_shard_size=shard or "5GB")
     tokenizer().save_pretrained(path)
+    # transformers 5 picks a family's own tokenizer class (Qwen2's BPE) unless the config names the generic one.
+    tc = path / "tokenizer_config.json"
+    tc.write_text(json.dumps(dict(json.loads(tc.read_text()), tokenizer_class="PreTrainedTokenizerFast")))
     (path / "calib.txt").write_text(TEXT)
     return path

@@ -194,8 +194,19 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
                     qep_damp=qep_damp, gptq_dtype="float64", calibration=calib_desc, n_calib=n_calib,
                     calib_len=calib_len, fp4ref=__version__)
     fingerprint = dict(settings, model=src.fingerprint())
-    sink = Sink(out, fingerprint, resume=resume, writer=dist.is_main)
-    dist.barrier()
+    # Rank 0 alone checks and creates the output folder (another rank would see rank 0's files); every rank
+    # then raises its verdict, so none is left waiting.
+    err, sink = None, None
+    if dist.is_main:
+        try:
+            sink = Sink(out, fingerprint, resume=resume, writer=True)
+        except PipelineError as e:
+            err = str(e)
+    err = dist.share(err, 0)
+    if err is not None:
+        raise PipelineError(err)
+    if sink is None:
+        sink = Sink(out, fingerprint, resume=resume, writer=False)
     offload = None
     if offload_dir is not None:
         offload = Path(offload_dir) / f"rank{dist.rank}"
@@ -287,6 +298,8 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
                     streams[f"{kind}_q"][j] = _out(q_block(streams[f"{kind}_q"][j].to(dev), **kwb))
                     streams[f"{kind}_f"][j] = _out(fp_block(streams[f"{kind}_f"][j].to(dev), **kwb))
         del fp_block, q_block
+        src.release()
+        _trim()
         dist.barrier()
         block_seconds.append(time.perf_counter() - t_block)
         if dist.is_main:
@@ -329,6 +342,19 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
     dist.barrier()
     return PipelineResult(sink.out, reports, settings, seconds, ppl_fp, ppl_q, max(host_peaks), peak_dev, fallback,
                           dist.world, files)
+
+
+def _trim() -> None:
+    """Hands freed heap back to the OS after a block (glibc keeps it otherwise, and the resident size would
+    drift with the number of blocks by allocator noise alone)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 def _materialize_shell(shell: nn.Module, src: Source, dev) -> dict[str, torch.Tensor]:

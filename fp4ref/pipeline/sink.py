@@ -43,6 +43,9 @@ class Sink:
         self.out, self.run = Path(out), Path(out) / RUN_DIR
         self.fingerprint, self.writer = fingerprint, writer
         manifest = self.run / "manifest.json"
+        self.complete = False
+        if not writer:
+            return  # rank 0 checked the folder; the other ranks only read block files it wrote
         if self.out.exists() and not self.out.is_dir():
             raise PipelineError(f"--out {self.out}: exists and is not a folder")
         if resume:
@@ -61,7 +64,7 @@ class Sink:
                 raise PipelineError(f"--out {self.out}: folder is not empty; choose a new folder, or --resume a run "
                                     "that was written there")
             self.complete = False
-        if writer and not resume:
+        if not resume:
             try:
                 self.run.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -99,18 +102,19 @@ class Sink:
             return []
         from safetensors import safe_open
 
-        handles = {b: safe_open(str(self.block_file(b)), framework="pt") for b in range(n_blocks)}
         entries: list[tuple[str, object, int]] = []  # (name, where, bytes)
         for name in head:
             t = head[name]
             entries.append((name, ("head", name, t.dtype, tuple(t.shape)), t.numel() * t.element_size()))
-        for b, h in handles.items():
-            for name in h.keys():
-                sl = h.get_slice(name)
-                dtype = {v: k for k, v in DTYPES.items()}[sl.get_dtype()]
-                shape = tuple(sl.get_shape())
-                entries.append((name, ("block", b, dtype, shape), torch.Size(shape).numel() *
-                                torch.empty((), dtype=dtype).element_size()))
+        for b in range(n_blocks):
+            with safe_open(str(self.block_file(b)), framework="pt") as h:
+                for name in h.keys():
+                    sl = h.get_slice(name)
+                    dtype = {v: k for k, v in DTYPES.items()}[sl.get_dtype()]
+                    shape = tuple(sl.get_shape())
+                    entries.append((name, ("block", b, dtype, shape), torch.Size(shape).numel() *
+                                    torch.empty((), dtype=dtype).element_size()))
+        open_block: dict = {}  # one block file mapped at a time, so its pages leave memory with it
         entries.sort(key=lambda e: natural_key(e[0]))
         shards: list[list] = [[]]
         size = 0
@@ -128,7 +132,10 @@ class Sink:
             def load(name, where):
                 if where[0] == "head":
                     return head[where[1]]
-                return handles[where[1]].get_tensor(name)
+                if where[1] not in open_block:
+                    open_block.clear()
+                    open_block[where[1]] = safe_open(str(self.block_file(where[1])), framework="pt")
+                return open_block[where[1]].get_tensor(name)
 
             _stream(self.out / fname, [(n, w) for n, w, _ in shard], load)
             for n, _, nbytes in shard:
@@ -140,7 +147,7 @@ class Sink:
         for f in tokenizer_files:
             shutil.copyfile(f, self.out / f.name)
         self._write_json(self.out / "report.json", report)
-        del handles
+        open_block.clear()
         for b in range(n_blocks):
             self.block_file(b).unlink()
             self.block_file(b).with_suffix(".json").unlink()

@@ -80,19 +80,19 @@ class Source:
                                 "read; convert .bin checkpoints with transformers' save_pretrained)")
         from safetensors import safe_open
 
-        self._handles = {}
+        self._files = files
+        self._handles: dict = {}
         self._where: dict[str, str] = {}
         for f in files:
             p = self.path / f
             if not p.is_file():
                 raise PipelineError(f"--model {self.path}: {INDEX_FILE} names {f}, which is missing")
             try:
-                h = safe_open(str(p), framework="pt")
+                with safe_open(str(p), framework="pt") as h:
+                    for k in h.keys():
+                        self._where[k] = f
             except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
                 raise PipelineError(f"--model {self.path}: {f} is not a readable safetensors file ({e})") from None
-            self._handles[f] = h
-            for k in h.keys():
-                self._where[k] = f
         if weight_map is not None:
             missing = [k for k, f in weight_map.items() if self._where.get(k) != f]
             if missing:
@@ -139,7 +139,15 @@ class Source:
         f = self._where.get(key)
         if f is None:
             raise PipelineError(f"--model {self.path}: the checkpoint has no tensor {key!r}")
+        if f not in self._handles:
+            from safetensors import safe_open
+
+            self._handles[f] = safe_open(str(self.path / f), framework="pt")
         return self._handles[f].get_tensor(key)
+
+    def release(self) -> None:
+        """Drops the memory maps: pages of the files read so far would otherwise stay resident (and counted)."""
+        self._handles.clear()
 
     def tokenizer(self):
         from transformers import AutoTokenizer
@@ -167,7 +175,7 @@ class Source:
         if self.kind == "gguf":
             files = {self.path.name: self.path.stat().st_size}
         else:
-            files = {f: (self.path / f).stat().st_size for f in sorted(self._handles)}
+            files = {f: (self.path / f).stat().st_size for f in self._files}
         return {"path": str(self.path.resolve()), "model_type": self.raw_config.get("model_type"), "files": files}
 
 
