@@ -345,3 +345,16 @@ def test_shards_and_index(tmp_path, llama):
     assert max(sizes) < 30_000 + 8 + 4096  # a shard exceeds the limit only by its header (or one large tensor)
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (llama / "tokenizer.json").read_bytes()
     assert not any((tmp_path / "out" / ".fp4ref-run").glob("block-*"))
+
+
+@pytest.mark.slow
+def test_gguf_embedded_model(tmp_path):
+    """The embedded SmolLM2 GGUF through --model (held in memory: GGUF has no per-tensor random access)."""
+    from fp4ref import models
+    from fp4ref.pipeline import quantize_pretrained
+
+    if models.missing_requirements():
+        pytest.skip(models.INSTALL_HINT)
+    res = quantize_pretrained(models.gguf_path(), tmp_path / "out", method="rtn", fmt="mxfp4", n_calib=2,
+                              calib_len=64, n_eval=2, eval_len=128, **QUIET)
+    assert len(res.layers) == 30 * 7 and res.perplexity > res.perplexity_fp > 1
