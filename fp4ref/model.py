@@ -152,7 +152,8 @@ def _alpha_for(name: str, qep: float | None, patterns: Mapping[str, float] | Non
     return alpha_for(name, float(qep), patterns)
 
 
-def _check_args(model, calibration, method, fmt, qep, act, batch_size) -> None:
+def check_settings(method: str, fmt: str, qep: float | None, act: bool) -> None:
+    """ValueError unless (method, fmt, qep, act) is a combination quantize_model / quantize_pretrained run."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     if fmt not in FORMATS:
@@ -163,6 +164,10 @@ def _check_args(model, calibration, method, fmt, qep, act, batch_size) -> None:
         raise ValueError("method='mr-gptq' is defined for fmt='mxfp4' or 'nvfp4', not 'int4'")
     if qep is not None and (isinstance(qep, bool) or not isinstance(qep, (int, float)) or not 0.0 <= qep <= 1.0):
         raise ValueError(f"qep must be None or an alpha in [0, 1], got {qep!r}")
+
+
+def _check_args(model, calibration, method, fmt, qep, act, batch_size) -> None:
+    check_settings(method, fmt, qep, act)
     if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
         raise TypeError("calibration must be an int64 tensor of token ids, shape (n_windows, seq_len)")
     if calibration.shape[0] < 1:

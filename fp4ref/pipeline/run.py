@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..model import FORMATS, METHODS, LayerReport, QuantLinear, _quantize_layer, _rel
+from ..model import LayerReport, QuantLinear, _quantize_layer, _rel, check_settings
 from .blocks import (Probe, build_skeleton, find_layers, materialize, plan_block,
                      unfuse_experts)
 from .calib import windows
@@ -112,18 +112,12 @@ def peak_host_mb() -> float:
 
 
 def _check(method, fmt, qep, act, n_calib, calib_len, n_eval, eval_len, shard_size) -> None:
-    if method not in METHODS:
-        raise PipelineError(f"method={method!r} is not one of {METHODS}")
-    if fmt not in FORMATS:
-        raise PipelineError(f"fmt={fmt!r} is not one of {FORMATS}")
-    if act and fmt == "int4":
-        raise PipelineError("act=True (W4A4) needs fmt 'mxfp4' or 'nvfp4'")
-    if method == "mr-gptq" and fmt == "int4":
-        raise PipelineError("method 'mr-gptq' needs fmt 'mxfp4' or 'nvfp4'")
+    try:
+        check_settings(method, fmt, qep, act)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
     if fmt == "int4":
         raise PipelineError("fmt 'int4' has no serving checkpoint layout here; quantize_pretrained writes mxfp4 or nvfp4")
-    if qep is not None and (isinstance(qep, bool) or not isinstance(qep, (int, float)) or not 0 <= qep <= 1):
-        raise PipelineError(f"qep must be None or an alpha in [0, 1], got {qep!r}")
     for name, v, lo in (("n_calib", n_calib, 1), ("calib_len", calib_len, 2), ("n_eval", n_eval, 0),
                         ("eval_len", eval_len, 2), ("shard_size", shard_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
