@@ -36,6 +36,7 @@ class Source:
 
     def __init__(self, path: str | Path):
         _quiet()
+        self._handles: dict = {}
         self.path = Path(path)
         if not self.path.exists():
             raise PipelineError(f"--model {self.path}: no such file or folder")
@@ -81,7 +82,6 @@ class Source:
         from safetensors import safe_open
 
         self._files = files
-        self._handles: dict = {}
         self._where: dict[str, str] = {}
         for f in files:
             p = self.path / f
