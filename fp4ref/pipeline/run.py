@@ -225,6 +225,12 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
             shell(input_ids=ids.unsqueeze(0).to(dev), use_cache=False)
         except _Stop:
             pass
+        except PipelineError:
+            raise
+        except Exception as e:  # an architecture whose model code does not drive its blocks the usual way
+            raise PipelineError(f"{src.config.model_type}: the model's forward around its blocks fails with the blocks "
+                                f"stood in for ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                "this architecture is not supported") from None
         finally:
             handle.remove()
         return log["hidden"], dict(log["kwargs"])
