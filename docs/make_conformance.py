@@ -172,6 +172,10 @@ def rows():
     yield "E4M3 NaN, -NaN", fp8_row([nan, -nan], "e4m3")
     yield "E5M2 NaN, -NaN, 1e6", fp8_row([nan, -nan, 1e6], "e5m2")
     yield "E8M0 0, -1, 1.5, 3.0, +Inf", fp8_row([0.0, -1.0, 1.5, 3.0, inf], "e8m0")
+    # float32 subnormals just above 2^-127 (bits 0x00400001, 0x00500000, 0x00600000): ml_dtypes 0.6 and torch
+    # round them up to 2^-126, ml_dtypes 0.7 rounds the first two to 2^-127 (prose: "Peers that move").
+    yield "E8M0 float32 subnormals 0x00400001, 0x00500000, 0x00600000 (just above 2^-127)", fp8_row(
+        [float(f32(0x00400001)), float(f32(0x00500000)), float(f32(0x00600000))], "e8m0")
     yield "MX amax 0: scale byte (§7.5)", mx_row(mx_block(0.0))
     yield "MX FLOOR amax 0.99999994 / 1.0: byte (§7.6)", [" / ".join(a) for a in zip(
         mx_row(mx_block(0x3F7FFFFF)), mx_row(mx_block(1.0)))]
@@ -195,7 +199,9 @@ def rows():
 
 
 def table() -> str:
-    head = ["case", "fp4ref", "ml_dtypes", "torch", "torchao 0.18", "ModelOpt", "compressed-tensors"]
+    mld = lib("ml_dtypes")
+    head = ["case", "fp4ref", f"ml_dtypes {mld.__version__}" if mld else "ml_dtypes", "torch", "torchao 0.18",
+            "ModelOpt", "compressed-tensors"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for case, cells in rows():
         out.append(f"| {case} | " + " | ".join(cells) + " |")

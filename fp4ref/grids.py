@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .codecs import check_bool, check_int, check_real, decode_table, e8m0_to_float, encode, magnitude_codes
+from .codecs import (check_bool, check_int, check_not_meta, check_real, decode_table, e8m0_to_float, encode,
+                     magnitude_codes)
 from .formats import E2M1, E4M3, ELEMENT_FORMATS, get_format
 from .layouts import pack_fp4
 from .mx import SCALE_MODES, MXTensor, inverse_scale, scale_bytes
@@ -34,7 +35,7 @@ def _check_matrix(W: object, arg: str = "W") -> torch.Tensor:
         raise TypeError(f"{arg} must be a floating-point tensor, got {W.dtype}")
     if W.dim() != 2:
         raise ValueError(f"{arg} must be 2-D (rows, cols), got shape {tuple(W.shape)}")
-    return W
+    return check_not_meta(W, arg)
 
 
 def _check_search(scale_search: str) -> str:

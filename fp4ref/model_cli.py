@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .cli import count
+
 # torch's pytree registry warns on import of some peers (torchao) about Enum constants: noise, not the user's
 # concern, and it would break the CLI's one-line errors.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
@@ -42,16 +44,6 @@ def _size(text: str) -> int:
     return int(value)
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fp4ref quantize", description=(
         "Quantize a causal LM block by block and report perplexity before and after: by default the embedded "
@@ -80,16 +72,16 @@ def _parser() -> argparse.ArgumentParser:
                                                           "results.json and results.md) here")
     p.add_argument("--quick", action="store_true",
                    help="small run: 4x256 calibration tokens, 4x512 eval, first 2 blocks only")
-    p.add_argument("--calib", type=_count, default=None, help="calibration windows (default 16, quick 4)")
-    p.add_argument("--calib-len", type=_count, default=None, help="calibration window length (default 512, quick 256)")
-    p.add_argument("--eval", dest="n_eval", type=_count, default=None,
+    p.add_argument("--calib", type=count, default=None, help="calibration windows (default 16, quick 4)")
+    p.add_argument("--calib-len", type=count, default=None, help="calibration window length (default 512, quick 256)")
+    p.add_argument("--eval", dest="n_eval", type=count, default=None,
                    help="eval windows of 512 (default 16, quick 4; 0 skips evaluation)")
-    p.add_argument("--blocks", type=_count, default=None, help="quantize only the first N blocks (default all)")
+    p.add_argument("--blocks", type=count, default=None, help="quantize only the first N blocks (default all)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean diag")
     p.add_argument("--act-order", action="store_true", help="GPTQ: static activation order")
     p.add_argument("--hadamard-block", type=int, default=None, help="MR-GPTQ rotation block (default: group)")
     p.add_argument("--scale-search", choices=("mse", "absmax"), default="mse", help="MR-GPTQ scale fitting")
-    p.add_argument("--threads", type=_count, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=count, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--table", action="store_true", help="print the per-layer table (single runs print it "
                                                        "always; with --compare only when asked)")

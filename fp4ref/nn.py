@@ -70,8 +70,8 @@ class FP4Linear(nn.Module):
                  quantize_activations: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        in_features, out_features = check_int(in_features, "in_features", min=1), check_int(out_features,
-                                                                                            "out_features", min=1)
+        in_features = check_int(in_features, "in_features", min=1)
+        out_features = check_int(out_features, "out_features", min=1)
         check_bool(bias, "bias")
         check_bool(quantize_activations, "quantize_activations")
         check_float_dtype(dtype, allowed=(torch.float32, torch.float64, torch.bfloat16, torch.float16))

@@ -68,8 +68,8 @@ def _dispatch(name: str, reference: Callable, check: Callable | None, first: Any
 # --- §2 codecs ---------------------------------------------------------------------------------------------
 def encode(x: torch.Tensor, fmt: str, *, saturate: bool = True, rounding: str = "rne",
            generator: torch.Generator | None = None) -> torch.Tensor:
-    return _dispatch("encode", codecs.encode, lambda: check_encode_args(x, fmt, saturate, rounding, generator), x, x, fmt,
-                     saturate=saturate, rounding=rounding, generator=generator)
+    return _dispatch("encode", codecs.encode, lambda: check_encode_args(x, fmt, saturate, rounding, generator), x,
+                     x, fmt, saturate=saturate, rounding=rounding, generator=generator)
 
 
 def decode(codes: torch.Tensor, fmt: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

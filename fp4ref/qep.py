@@ -107,10 +107,17 @@ def alpha_for(name: str, alpha: float = PAPER_ALPHA, patterns: Mapping[str, floa
 
     ``patterns=ORIGINAL_EXCLUDE`` reproduces the original code (``down_proj`` never corrected).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    alpha = check_real(alpha, "alpha", min=0.0, max=1.0)
+    if patterns is not None and not isinstance(patterns, Mapping):
+        raise TypeError(f"patterns must be a mapping of regex -> alpha, got {type(patterns).__name__}")
     for pattern, value in (patterns or {}).items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"patterns' keys must be regex strings, got {type(pattern).__name__}")
         if re.search(pattern, name):
-            return float(value)
-    return float(alpha)
+            return check_real(value, f"patterns[{pattern!r}]", min=0.0, max=1.0)
+    return alpha
 
 
 __all__ = ["ORIGINAL_DAMP", "ORIGINAL_EXCLUDE", "PAPER_ALPHA", "QEPAccumulator", "alpha_for", "qep_target"]

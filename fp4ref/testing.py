@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .codecs import decode_table, encode
+from .codecs import check_bool, check_int, check_not_meta, check_real, decode_table, encode
 from .formats import ELEMENT_FORMATS, Format, code_value, get_format
 from .layouts import unpack_fp4, unswizzle_scales
 from .mx import MXTensor, quantize_mx, scale_bytes
@@ -57,6 +57,7 @@ def _context(context: Context | Mapping[str, Any] | str | None) -> Context:
 def _int_codes(t: object, arg: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor of integer codes, got {type(t).__name__}")
+    check_not_meta(t, arg)
     if t.dtype in _VIEW_DTYPES:
         return t.view(torch.uint8)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -114,6 +115,7 @@ def code_mismatch_report(actual: torch.Tensor, expected: torch.Tensor, *, contex
                          allow: torch.Tensor | None = None, max_report: int = 10) -> tuple[str | None, int]:
     """(report, number of codes compared): the report is None when ``actual`` equals ``expected`` as integers
     everywhere outside ``allow``. Used by assert_codes_equal and ``fp4ref verify``."""
+    check_int(max_report, "max_report", min=0)
     ctx = _context(context)
     a, e = _int_codes(actual, "actual"), _int_codes(expected, "expected")
     if ctx.packed:
@@ -163,6 +165,9 @@ def value_mismatch_report(actual: torch.Tensor, expected: torch.Tensor, *, name:
     """Bit-for-bit comparison of float tensors (every NaN equals every NaN; -0 differs from +0)."""
     if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
         raise TypeError("actual and expected must be torch.Tensors")
+    check_int(max_report, "max_report", min=0)
+    check_not_meta(actual, "actual")
+    check_not_meta(expected, "expected")
     if actual.shape != expected.shape:
         return f"{name}: shape {tuple(actual.shape)} differs from the expected {tuple(expected.shape)}", 0
     a = actual.detach().cpu().float().reshape(-1)
@@ -282,6 +287,9 @@ def assert_quantized_equal(actual: Any, x: torch.Tensor, fmt: str, *, allow: tor
     supplies its own block_size, scale_mode, axis or recipe unless kwargs name them. ``allow`` (x's shape)
     tolerates element flips where True and a scale flip in a block where every element is allowed.
     """
+    check_int(max_report, "max_report", min=0)
+    if swizzled is not None:
+        check_bool(swizzled, "swizzled")
     mx_like = fmt != "nvfp4" and kwargs.get("block_size", 0) is not None
     if isinstance(actual, MXTensor) and mx_like:  # its own settings unless the caller overrides them
         kwargs = {"block_size": actual.block_size, "scale_mode": actual.scale_mode, "axis": actual.axis, **kwargs}
@@ -364,7 +372,8 @@ def near_boundary(x: torch.Tensor, fmt: str, *, tol: float = 1e-5, **kwargs: Any
     """
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         raise TypeError(f"x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+    check_real(tol, "tol", min=0.0)
+    if not tol < 1:
         raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
     spec = _spec(fmt, kwargs)
     if spec.kind == "encode":

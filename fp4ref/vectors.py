@@ -7,7 +7,6 @@ format's description for other implementations.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .codecs import decode, decode_table, encode
+from .cli import ArgParser, count, parse, usage_error
+from .codecs import check_int, decode, decode_table, encode
 from .formats import ELEMENT_FORMATS, FORMATS, Format, get_format
 from .layouts import pack_fp4, swizzle_scales, unpack_fp4
 from .mx import SCALE_MODES, dequantize_mx, quantize_mx
@@ -372,12 +372,62 @@ def build_vectors() -> dict[str, tuple[dict[str, str], dict[str, torch.Tensor]]]
     return {name: (meta, _case_tensors(meta["op"], meta, cases)) for name, (meta, cases) in files.items()}
 
 
-def write_vectors(out: str | Path) -> list[Path]:
-    """Write every vector file and a README.md into ``out`` (created if needed); returns the files."""
+MARKER = ".fp4ref-vectors"  # left in every folder write_vectors fills: it may overwrite that folder again
+
+
+class OutputFolderError(ValueError):
+    """``write_vectors`` refuses an output folder (not a folder, not writable, or holding someone else's files)."""
+
+
+def _ours(out: Path) -> bool:
+    """True if ``out`` was written by write_vectors: it holds the marker, or (written before the marker
+    existed) only *.safetensors files and the README.md that write_vectors writes."""
+    if (out / MARKER).is_file():
+        return True
+    names = [p for p in out.iterdir()]
+    readme = out / "README.md"
+    try:
+        legacy = readme.is_file() and readme.read_text(errors="replace").startswith("# fp4ref conformance vectors")
+    except OSError:
+        return False
+    return legacy and all(p == readme or (p.suffix == ".safetensors" and p.is_file()) for p in names)
+
+
+def check_output_folder(out: str | Path, *, force: bool = False) -> Path:
+    """``out`` as a Path if write_vectors may write there: absent (it is created), empty, or written by
+    write_vectors before (see MARKER); any other folder only with ``force``. OutputFolderError otherwise."""
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise TypeError(f"out must be a folder path (str or Path), got {out!r}")
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool (True or False), got {type(force).__name__} {force!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out} exists and is not a folder")
+    if out.is_dir() and not force:
+        try:
+            empty = next(out.iterdir(), None) is None
+        except OSError as err:
+            raise OutputFolderError(f"cannot read the folder {out}: {err.strerror or err}") from None
+        if not empty and not _ours(out):
+            raise OutputFolderError(f"{out} is not empty and was not written by fp4ref vectors (no {MARKER} "
+                                    "file); choose an empty or new folder, or pass --force (force=True) to "
+                                    "write into it anyway (files of the same names are overwritten)")
+    return out
+
+
+def write_vectors(out: str | Path, *, force: bool = False) -> list[Path]:
+    """Write every vector file, a README.md and the marker file ``.fp4ref-vectors`` into ``out`` (created if
+    needed); returns the files. A folder that is not empty and was not written here before (no marker) is
+    refused with OutputFolderError (a ValueError) unless ``force=True``: its README.md could be a user's."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out, force=force)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(f"written by fp4ref {__version__} (fp4ref vectors); fp4ref may overwrite the "
+                                  "vector files and README.md of this folder\n")
+    except OSError as err:
+        raise OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from None
     paths = []
     for name, (meta, tensors) in build_vectors().items():
         meta = dict(meta, cases=",".join(sorted({k.rsplit(".", 1)[0] for k in tensors})))
@@ -469,6 +519,7 @@ def _compare(actual: torch.Tensor, exp: Out, name: str, max_report: int) -> tupl
 
 def verify_file(path: str | Path, *, max_report: int = 10) -> FileResult:
     """Re-derive every output tensor of a vector file from its inputs with the reference and compare."""
+    check_int(max_report, "max_report", min=0)
     from safetensors import safe_open
 
     res = FileResult(str(path), reports=[])
@@ -548,37 +599,71 @@ def verify_paths(paths: list[str], *, max_report: int = 10, quiet: bool = False)
 
 
 # --- command line ------------------------------------------------------------------------------------------
+def _write(out: str, force: bool, prog: str) -> list[Path] | int:
+    """write_vectors for a command: a refused or unwritable folder is one line on stderr and exit code 2."""
+    try:
+        return write_vectors(out, force=force)
+    except OutputFolderError as err:
+        return usage_error(prog, str(err))
+    except OSError as err:  # e.g. the disk filled up or the folder vanished while writing
+        return usage_error(prog, f"cannot write into {out}: {err.strerror or err}")
+
+
 def cli_vectors(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="fp4ref vectors", description="Write fp4ref's conformance vectors "
-                                 "(safetensors, one file per op and configuration, with a README.md).")
-    ap.add_argument("out", help="output folder (created if needed)")
-    args = ap.parse_args(argv)
-    paths = write_vectors(args.out)
+    ap = ArgParser(prog="fp4ref vectors", description="Write fp4ref's conformance vectors (safetensors, one file "
+                   "per op and configuration, with a README.md and a .fp4ref-vectors marker).")
+    ap.add_argument("out", help="output folder: new, empty, or written by fp4ref vectors before")
+    ap.add_argument("--force", action="store_true", help="write into a folder that holds other files too "
+                    "(files of the same names are overwritten)")
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
+    paths = _write(args.out, args.force, "fp4ref vectors")
+    if isinstance(paths, int):
+        return paths
     print(f"wrote {len(paths)} files and README.md to {args.out}")
     return 0
 
 
 def cli_verify(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="fp4ref verify", description="Check vector files (inputs and outputs "
-                                 "in fp4ref's layout, see docs/vectors.md) against the reference; exit 1 on "
-                                 "any mismatch.")
+    ap = ArgParser(prog="fp4ref verify", description="Check vector files (inputs and outputs in fp4ref's layout, "
+                   "see docs/vectors.md) against the reference; exit 1 on any mismatch, 2 on a usage error.")
     ap.add_argument("files", nargs="+", metavar="FILE", help="safetensors file(s) or folder(s)")
-    ap.add_argument("--max-report", type=int, default=10, help="mismatches listed per tensor (default 10)")
+    ap.add_argument("--max-report", type=count, default=10, help="mismatches listed per tensor (default 10)")
     ap.add_argument("-q", "--quiet", action="store_true", help="print failures only")
-    args = ap.parse_args(argv)
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
+    for f in args.files:
+        p = Path(f)
+        if not p.exists():
+            return usage_error("fp4ref verify", f"{f}: no such file or folder")
+        if p.is_dir() and not any(p.glob("*.safetensors")):
+            return usage_error("fp4ref verify", f"{f}: a folder without .safetensors files")
+        if not p.is_dir() and not p.is_file():
+            return usage_error("fp4ref verify", f"{f}: not a file or folder")
+        if p.is_file():
+            try:
+                p.open("rb").close()
+            except OSError as err:
+                return usage_error("fp4ref verify", f"{f}: cannot open: {err.strerror or err}")
     results, rc = verify_paths(args.files, max_report=args.max_report, quiet=args.quiet)
     print(f"verified {len(results)} files, {sum(r.tensors for r in results)} tensors, "
           f"{sum(r.values for r in results)} values: {sum(r.mismatches for r in results)} mismatches")
     return rc
 
 
-def cli_demo(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="fp4ref demo", description="Write the conformance vectors, verify them "
-                                 "and print a summary.")
+def cli_demo(argv: list[str], prog: str = "fp4ref demo") -> int:
+    ap = ArgParser(prog=prog, description="Write the conformance vectors, verify them and print a summary.")
     ap.add_argument("--out", default="fp4ref_vectors", help="folder for the vectors (default ./fp4ref_vectors)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
+    args = parse(ap, argv)
+    if isinstance(args, int):
+        return args
     t0 = time.perf_counter()
-    paths = write_vectors(args.out)
+    paths = _write(args.out, args.force, prog)
+    if isinstance(paths, int):
+        return paths
     t1 = time.perf_counter()
     results, rc = verify_paths([args.out], quiet=True)
     t2 = time.perf_counter()

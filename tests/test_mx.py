@@ -280,7 +280,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="axis"):
         quantize_mx(torch.randn(4, 32), axis=2)
     q = quantize_mx(torch.randn(4, 64))
-    bad = MXTensor(q.data, q.scales[:, :1], q.elem, q.block_size, q.shape)
+    with pytest.raises(ValueError, match="scales has shape"):
+        MXTensor(q.data, q.scales[:, :1], q.elem, q.block_size, q.shape)
+    bad = MXTensor(q.data, q.scales, q.elem, q.block_size, q.shape)
+    bad.scales = q.scales[:, :1]  # altered after construction: every op checks again
     with pytest.raises(ValueError, match="scales has shape"):
         dequantize_mx(bad)
     with pytest.raises(TypeError, match="MXTensor"):

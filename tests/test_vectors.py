@@ -175,7 +175,66 @@ def test_unpacked_data_accepted_but_not_as_pack_output(vec_dir, tmp_path):
 
 
 def test_verify_missing_path_fails(tmp_path, capsys):
-    assert main(["verify", str(tmp_path / "nothing")]) == 1
+    assert main(["verify", str(tmp_path / "nothing")]) == 2  # a usage error, not a failed verification
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file or folder" in err and "Traceback" not in err
+
+
+def _one_line_usage_error(capsys, argv, *words):
+    assert main(argv) == 2, argv
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (argv, err)
+    return err
+
+
+def test_vectors_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    """`fp4ref vectors DIR` once overwrote a user's README.md without a word."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "README.md").write_text("my notes\n")
+    _one_line_usage_error(capsys, ["vectors", str(user)], "not empty", "--force")
+    assert (user / "README.md").read_text() == "my notes\n" and sorted(p.name for p in user.iterdir()) == ["README.md"]
+    _one_line_usage_error(capsys, ["demo", "--no-model", "--out", str(user)], "not empty")
+    assert (user / "README.md").read_text() == "my notes\n"
+    assert main(["vectors", str(user), "--force"]) == 0  # asked for: written, marker left
+    assert (user / ".fp4ref-vectors").is_file() and (user / "README.md").read_text().startswith("# fp4ref")
+
+
+def test_vectors_rewrites_its_own_folder(tmp_path, capsys):
+    out = tmp_path / "v"
+    assert main(["vectors", str(out)]) == 0 and (out / ".fp4ref-vectors").is_file()
+    (out / "extra.txt").write_text("x")  # its own folder (marker) may hold other files too
+    assert main(["vectors", str(out)]) == 0
+    (out / ".fp4ref-vectors").unlink()  # a folder from before the marker: only its vectors and README.md
+    (out / "extra.txt").unlink()
+    assert main(["vectors", str(out)]) == 0
+
+
+def test_cli_usage_errors_are_one_line_exit_2(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_usage_error(capsys, ["vectors", str(f)], "not a folder")
+    _one_line_usage_error(capsys, ["vectors", str(f / "sub")], "cannot write")
+    _one_line_usage_error(capsys, ["vectors"], "out")
+    _one_line_usage_error(capsys, ["vectors", str(tmp_path / "n"), "--bogus"], "--bogus")
+    _one_line_usage_error(capsys, ["verify", str(empty)], "without .safetensors")
+    _one_line_usage_error(capsys, ["verify", "--max-report", "-1", str(empty)], "--max-report", ">= 0")
+    _one_line_usage_error(capsys, ["verify", "--max-report", "many", str(empty)], "--max-report")
+    _one_line_usage_error(capsys, ["demo", "--bogus"], "--bogus")
+    _one_line_usage_error(capsys, [], "command")
+    _one_line_usage_error(capsys, ["bogus"], "unknown command 'bogus'")
+    _one_line_usage_error(capsys, ["--bogus"], "unknown option '--bogus'")
+
+
+def test_version(capsys):
+    from fp4ref import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"fp4ref {__version__}\n"
 
 
 def test_demo_vectors_step_under_30_s(vec_dir, tmp_path, capsys):
