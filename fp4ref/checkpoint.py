@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .mx import MXTensor
+from .nn import FP4Linear
 from .nvfp4 import NVFP4Tensor
 
 WEIGHTS_FILE = "model.safetensors"
@@ -110,21 +111,47 @@ def quantization_config(fmt: str, targets: list[str], *, act: bool) -> dict:
             "ignore": ["lm_head"], "kv_cache_scheme": None}
 
 
-def _quantized_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    from .model import QuantLinear
+def _quantized_layers(model: torch.nn.Module) -> dict[str, FP4Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, FP4Linear) and m.fmt is not None}
 
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+def _rotation_record(m: FP4Linear) -> dict | None:
+    if m.rotation is None:
+        return None
+    signs = m.rotation_signs
+    return {"block_size": int(m.rotation), "signs": None if signs is None else [int(x) for x in signs.tolist()]}
+
+
+def layer_tensors(name: str, m: FP4Linear) -> dict[str, torch.Tensor]:
+    """The stored tensors of one quantized layer: its weight fields, and W4A4 NVFP4's ``input_global_scale``."""
+    t = {k: v.cpu() for k, v in pack_tensors(name, m.weight_quantized).items()}
+    if m.act_global_amax is not None:
+        t[f"{name}.input_global_scale"] = input_global_scale(m.act_global_amax)
+    return t
+
+
+def fp4_linear_from(q: MXTensor | NVFP4Tensor, bias: torch.Tensor | None, rotation: dict | None, act: bool,
+                    act_amax: float | None, compute: str = "exact", device="cpu") -> FP4Linear:
+    """The FP4Linear of a stored layer (the inverse of layer_tensors + _rotation_record)."""
+    signs = None if rotation is None or rotation["signs"] is None else torch.tensor(rotation["signs"],
+                                                                                    dtype=torch.float32)
+    m = FP4Linear.from_quantized(q, None if bias is None else bias.float(),
+                                 rotation=None if rotation is None else rotation["block_size"], signs=signs,
+                                 quantize_activations=act, act_global_amax=act_amax, compute=compute)
+    if m.bias is not None:
+        m.bias.requires_grad_(False)
+    return m.to(device)
 
 
 def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, tokenizer=None,
                     metadata: dict | None = None) -> Path:
-    """Writes ``model`` (with ``fp4ref.model.QuantLinear`` layers) to ``directory``: model.safetensors +
+    """Writes ``model`` (with quantized ``fp4ref.nn.FP4Linear`` layers) to ``directory``: model.safetensors +
     config.json (+ the tokenizer's files). All quantized layers must share one format."""
     from safetensors.torch import save_file
 
     layers = _quantized_layers(model)
     if not layers:
-        raise ValueError("model has no quantized (QuantLinear) layers to save")
+        raise ValueError("model has no quantized (FP4Linear with an MXFP4/NVFP4 weight) layers to save")
     fmts = {m.fmt for m in layers.values()}
     if len(fmts) != 1:
         raise ValueError(f"all quantized layers must share one format, got {sorted(map(str, fmts))}")
@@ -132,20 +159,21 @@ def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, tokenizer=
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    skip = {f"{n}.{p}" for n in layers for p in ("weight", "bias")}
+    skip = {f"{n}.{p}" for n in layers for p, _ in list(layers[n].named_parameters()) + list(layers[n].named_buffers())}
     for name, t in model.state_dict(keep_vars=False).items():
         if name not in skip:
             tensors[name] = t.detach().cpu().contiguous()
     rotations, acts = {}, set()
+    act_amax = {}
     for n, m in layers.items():
-        tensors.update({k: v.cpu() for k, v in pack_tensors(n, m.quantized).items()})
+        tensors.update(layer_tensors(n, m))
         if m.bias is not None:
             tensors[f"{n}.bias"] = m.bias.detach().cpu().contiguous()
         if m.rotation is not None:
-            signs = m.rotation.signs
-            rotations[n] = {"block_size": int(m.rotation.block_size),
-                            "signs": None if signs is None else [int(s) for s in signs.tolist()]}
-        acts.add(m.act_fmt)
+            rotations[n] = _rotation_record(m)
+        if m.act_global_amax is not None:
+            act_amax[n] = float(m.act_global_amax)
+        acts.add(m.fmt if m.quantize_activations else None)
     if len(acts) != 1:
         raise ValueError("all quantized layers must agree on activation quantization")
     act_fmt = acts.pop()
@@ -158,10 +186,12 @@ def save_checkpoint(model: torch.nn.Module, directory: str | Path, *, tokenizer=
     config = model.config.to_dict() if hasattr(model, "config") else {}
     config.pop("quantization_config", None)
     config["quantization_config"] = quantization_config(fmt, list(layers), act=act_fmt is not None)
-    scale_modes = {m.quantized.scale_mode for m in layers.values() if isinstance(m.quantized, MXTensor)}
+    if act_fmt == "nvfp4" and act_amax:
+        config["quantization_config"]["config_groups"]["group_0"]["input_activations"] = activation_args(fmt)
+    scale_modes = {m.scale_mode for m in layers.values() if m.fmt == "mxfp4"}
     config["fp4ref"] = {"format": fmt, "act": act_fmt, "rotations": rotations,
                         "shapes": {n: [m.out_features, m.in_features] for n, m in layers.items()},
-                        "scale_mode": scale_modes.pop() if scale_modes else None,
+                        "scale_mode": scale_modes.pop() if scale_modes else None, "act_amax": act_amax,
                         "metadata": metadata or {}}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     if tokenizer is not None:
@@ -206,13 +236,12 @@ def _unfuse_for(model: torch.nn.Module, quantized: dict) -> None:
                 setattr(model.get_submodule(parent) if parent else model, leaf, ExpertLinears(m, names))
 
 
-def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"):
-    """Rebuilds the quantized model (needs ``transformers``): layers become ``QuantLinear`` with the
-    stored codes, scales, rotations and activation format; dequantized weights are bit-identical."""
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu", compute: str = "exact"):
+    """Rebuilds the quantized model (needs ``transformers``): its layers become ``fp4ref.nn.FP4Linear`` with the
+    stored codes, scales, rotations and activation settings (bit-identical weights). ``compute="exact"`` runs
+    them through ``fp4ref.ops`` (the FP4 GEMM for bf16 on a GPU); ``"dequantized"`` is the calibration
+    pipelines' float32 simulation, which reproduces their perplexities bit for bit."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .gptq import Rotation
-    from .model import QuantLinear
 
     config, plain, quantized = read_checkpoint(directory)
     meta = config["fp4ref"]
@@ -222,12 +251,8 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     _unfuse_for(model, quantized)
     for name, q in quantized.items():
-        rot = meta["rotations"].get(name)
-        rotation = None if rot is None else Rotation(
-            rot["block_size"], None if rot["signs"] is None else torch.tensor(rot["signs"], dtype=torch.float32))
-        bias = plain.pop(f"{name}.bias", None)
-        new = QuantLinear(q.dequantize(), None if bias is None else bias.float(), quantized=q, rotation=rotation,
-                          act_fmt=meta["act"], fmt=meta["format"], act_amax=meta.get("act_amax", {}).get(name))
+        new = fp4_linear_from(q, plain.pop(f"{name}.bias", None), meta["rotations"].get(name), meta["act"] is not None,
+                              meta.get("act_amax", {}).get(name), compute)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     missing, unexpected = model.load_state_dict(plain, strict=False, assign=True)
@@ -260,51 +285,37 @@ def input_global_scale(amax: float) -> torch.Tensor:
 
 def block_tensors(block: torch.nn.Module, source, prefix: str, plan) -> tuple[dict[str, torch.Tensor], dict]:
     """A finished block's tensors in the checkpoint's names (quantized linears packed; everything else copied
-    from ``source`` as stored), and what is needed to rebuild its QuantLinears (shapes, rotations, act amax)."""
-    from .model import QuantLinear
-
+    from ``source`` as stored), and what is needed to rebuild its FP4Linears (shapes, rotations, act amax)."""
     tensors: dict[str, torch.Tensor] = {}
     info: dict = {"linears": [], "shapes": {}, "rotations": {}, "act_amax": {}, "fmt": None, "act": None,
                   "scale_mode": None, "skipped": [prefix + n for n in plan.skipped]}
-    quant = {n: m for n, m in block.named_modules() if isinstance(m, QuantLinear)}
+    quant = _quantized_layers(block)
     for n, m in quant.items():
         full = prefix + n
-        tensors.update({k: v.cpu() for k, v in pack_tensors(full, m.quantized).items()})
+        tensors.update(layer_tensors(full, m))
         if m.bias is not None:
             tensors[f"{full}.bias"] = source.get(f"{full}.bias")
         info["linears"].append(n)
         info["shapes"][full] = [m.out_features, m.in_features]
-        info["fmt"], info["act"] = m.fmt, m.act_fmt
-        if isinstance(m.quantized, MXTensor):
-            info["scale_mode"] = m.quantized.scale_mode
+        info["fmt"], info["act"] = m.fmt, (m.fmt if m.quantize_activations else None)
+        if m.fmt == "mxfp4":
+            info["scale_mode"] = m.scale_mode
         if m.rotation is not None:
-            signs = m.rotation.signs
-            info["rotations"][full] = {"block_size": int(m.rotation.block_size),
-                                       "signs": None if signs is None else [int(x) for x in signs.tolist()]}
-        if m.act_amax is not None:
-            info["act_amax"][full] = float(m.act_amax)
-            tensors[f"{full}.input_global_scale"] = input_global_scale(m.act_amax)
+            info["rotations"][full] = _rotation_record(m)
+        if m.act_global_amax is not None:
+            info["act_amax"][full] = float(m.act_global_amax)
     for name, _ in list(block.named_parameters()) + list(block.named_buffers()):
-        owner = name.rpartition(".")[0]
-        if owner in quant:
+        if name.rpartition(".")[0] in quant:
             continue
         tensors[prefix + name] = source.get(prefix + name)
     return tensors, info
 
 
-def quant_linear_from(tensors: dict[str, torch.Tensor], full: str, info: dict, device) -> torch.nn.Module:
-    """The QuantLinear of layer ``full`` from its stored tensors and block info (the inverse of block_tensors)."""
-    from .gptq import Rotation
-    from .model import QuantLinear
-
-    shape = tuple(info["shapes"][full])
-    q = unpack_tensors(tensors, full, info["fmt"], shape, info.get("scale_mode") or "floor")
-    rot = info["rotations"].get(full)
-    rotation = None if rot is None else Rotation(
-        rot["block_size"], None if rot["signs"] is None else torch.tensor(rot["signs"], dtype=torch.float32))
-    bias = tensors.get(f"{full}.bias")
-    return QuantLinear(q.dequantize(), None if bias is None else bias.float(), quantized=q, rotation=rotation,
-                       act_fmt=info["act"], fmt=info["fmt"], act_amax=info["act_amax"].get(full)).to(device)
+def quant_linear_from(tensors: dict[str, torch.Tensor], full: str, info: dict, device) -> FP4Linear:
+    """The (simulating) FP4Linear of layer ``full`` from a block file's tensors and info (for --resume)."""
+    q = unpack_tensors(tensors, full, info["fmt"], tuple(info["shapes"][full]), info.get("scale_mode") or "floor")
+    return fp4_linear_from(q, tensors.get(f"{full}.bias"), info["rotations"].get(full), info["act"] is not None,
+                           info["act_amax"].get(full), "dequantized", device)
 
 
 def pipeline_config(raw_config: dict, *, fmt: str, act: bool, linears: dict, rotations: dict, act_amax: dict,
@@ -326,4 +337,5 @@ def pipeline_config(raw_config: dict, *, fmt: str, act: bool, linears: dict, rot
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_checkpoint", "pack_tensors", "unpack_tensors",
            "encode_global_scale", "decode_global_scale", "quantization_config", "activation_args",
-           "input_global_scale", "block_tensors", "quant_linear_from", "pipeline_config"]
+           "input_global_scale", "block_tensors", "quant_linear_from", "pipeline_config", "layer_tensors",
+           "fp4_linear_from"]

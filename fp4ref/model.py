@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .nn import FP4Linear, fake_quantize_activations
+
 METHODS = ("rtn", "gptq", "mr-gptq")
 FORMATS = ("mxfp4", "nvfp4", "int4")
 TRUE_SEQUENTIAL = (
@@ -46,52 +48,27 @@ def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | No
     raise ValueError(f"fmt={fmt!r} is not one of {FORMATS}")
 
 
-def fake_quantize_activations(x: torch.Tensor, fmt: str, global_amax: float | None = None) -> torch.Tensor:
-    """RTN of activations along the last dim in ``fmt`` (MXFP4 floor scales; NVFP4 TE recipe with the tensor
-    scale from ``global_amax``, a static calibrated amax, or else the tensor's own), dequantized back to ``x``'s
-    dtype."""
-    from .mx import quantize_mx
-    from .nvfp4 import quantize_nvfp4
-
-    xf = x.float()
-    if fmt == "mxfp4":
-        y = quantize_mx(xf, "e2m1", block_size=32, scale_mode="floor").dequantize()
-    elif fmt == "nvfp4":
-        y = quantize_nvfp4(xf, recipe="te", global_amax=global_amax).dequantize()
-    else:
-        raise ValueError(f"activation quantization needs fmt 'mxfp4' or 'nvfp4', got {fmt!r}")
-    return y.to(x.dtype)
-
-
-class QuantLinear(nn.Module):
-    """A quantized linear layer as deployed: ``y = Q_act(R(x)) @ weightᵀ (+ bias)``.
-
-    ``weight`` is the dequantized quantized weight in the rotated basis, ``rotation`` (or None) the
-    input's block Hadamard, ``act_fmt`` (or None) the activation format, ``act_amax`` (NVFP4 W4A4, or None for
-    the input's own amax per call) the static calibrated activation amax; ``quantized`` keeps the encoded
-    tensor (MXTensor / NVFP4Tensor / IntTensor) for checkpoints.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, quantized=None, rotation=None,
-                 act_fmt: str | None = None, fmt: str | None = None, act_amax: float | None = None):
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.quantized, self.rotation, self.act_fmt, self.fmt = quantized, rotation, act_fmt, fmt
-        self.act_amax = act_amax
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rotation is not None:
-            x = self.rotation.apply(x).to(self.weight.dtype)
-        if self.act_fmt is not None:
-            x = fake_quantize_activations(x, self.act_fmt, self.act_amax)
-        return nn.functional.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        rot = None if self.rotation is None else self.rotation.block_size
-        return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "
-                f"rotation={rot}, act={self.act_fmt}")
+def deployed_linear(W_hat: torch.Tensor, bias: torch.Tensor | None, quantized, fmt: str, *, rotation=None,
+                    act: bool = False, act_amax: float | None = None) -> FP4Linear:
+    """The quantized layer as deployed, an ``FP4Linear`` computing ``y = Q_act(x·R) · Ŵᵀ + b`` by the calibration
+    pipelines' fast simulation (``compute="dequantized"``; switch a loaded model to ``"exact"`` for the
+    reference or GPU FP4 GEMM). ``quantized`` is Ŵ encoded (MXTensor/NVFP4Tensor; int4 keeps Ŵ in full precision,
+    fmt=None), ``rotation`` MR-GPTQ's input rotation (``fp4ref.gptq.Rotation``) or None."""
+    block = None if rotation is None else rotation.block_size
+    signs = None if rotation is None else rotation.signs
+    b = None if bias is None else bias.detach().float()
+    if fmt == "int4":
+        m = FP4Linear(W_hat.shape[1], W_hat.shape[0], bias is not None, fmt=None, rotation=block, signs=signs,
+                      device=W_hat.device, compute="dequantized")
+        m.weight.copy_(W_hat)
+        if b is not None:
+            m.bias = nn.Parameter(b.clone(), requires_grad=False)
+        return m
+    m = FP4Linear.from_quantized(quantized, b, rotation=block, signs=signs, quantize_activations=act,
+                                 act_global_amax=act_amax, compute="dequantized")
+    if m.bias is not None:
+        m.bias.requires_grad_(False)
+    return m
 
 
 @dataclass
@@ -251,11 +228,10 @@ def _rel(num: torch.Tensor, den: torch.Tensor) -> float:
 @torch.no_grad()
 def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Tensor, method: str, fmt: str,
                     act: bool, opts: dict):
-    """Quantizes ``target`` (W or QEP's W*) with Hessian ``H``; returns (QuantLinear, loss, damp_used)."""
+    """Quantizes ``target`` (W or QEP's W*) with Hessian ``H``; returns (FP4Linear, loss, damp_used)."""
     from .gptq import gptq, mr_gptq
 
     W = target.to(lin.weight.dtype)
-    act_fmt = fmt if act else None
     gamax = opts.get("global_amax")
     if method == "rtn":
         grid = make_grid(fmt, global_amax=gamax)
@@ -264,16 +240,15 @@ def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Te
         dW = (W.double() - W_hat.double())
         loss = 0.5 * float(torch.einsum("ij,jk,ik->", dW, H.double(), dW))
         q = grid.encode(W_hat, fitted)
-        return QuantLinear(W_hat, lin.bias, quantized=q, act_fmt=act_fmt, fmt=fmt), loss, None
+        return deployed_linear(W_hat, lin.bias, q, fmt, act=act), loss, None
     if method == "gptq":
         res = gptq(W, H, make_grid(fmt, global_amax=gamax), damp=opts["damp"], act_order=opts["act_order"], name=name,
                    dtype=opts["gptq_dtype"])
-        return QuantLinear(res.weight, lin.bias, quantized=res.quantized, act_fmt=act_fmt, fmt=fmt), res.loss, \
-            res.damp_used
+        return deployed_linear(res.weight, lin.bias, res.quantized, fmt, act=act), res.loss, res.damp_used
     res = mr_gptq(W, H, fmt, hadamard_block=opts["hadamard_block"], scale_search=opts["scale_search"],
                   damp=opts["damp"], name=name, dtype=opts["gptq_dtype"], global_amax=gamax)
-    return QuantLinear(res.weight, lin.bias, quantized=res.quantized, rotation=res.rotation, act_fmt=act_fmt,
-                       fmt=fmt), res.loss, res.damp_used
+    return deployed_linear(res.weight, lin.bias, res.quantized, fmt, rotation=res.rotation, act=act), res.loss, \
+        res.damp_used
 
 
 def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "rtn", fmt: str = "mxfp4",
@@ -376,5 +351,5 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                           block_seconds)
 
 
-__all__ = ["quantize_model", "QuantizeResult", "LayerReport", "QuantLinear", "make_grid",
+__all__ = ["quantize_model", "QuantizeResult", "LayerReport", "deployed_linear", "make_grid",
            "fake_quantize_activations", "METHODS", "FORMATS", "TRUE_SEQUENTIAL"]

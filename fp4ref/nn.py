@@ -47,10 +47,25 @@ def _cuda_gemm():
     return fp4ref_cuda.gemm
 
 
-def _quantize(x: torch.Tensor, fmt: str, block_size: int, scale_mode: str, recipe: str):
+def _quantize(x: torch.Tensor, fmt: str, block_size: int, scale_mode: str, recipe: str,
+              global_amax: torch.Tensor | None = None):
     if fmt == "mxfp4":
         return _op("quantize_mx")(x, "e2m1", block_size=block_size, scale_mode=scale_mode)
-    return _op("quantize_nvfp4")(x, recipe=recipe, block_size=block_size)
+    return _op("quantize_nvfp4")(x, recipe=recipe, block_size=block_size, global_amax=global_amax)
+
+
+COMPUTE = ("exact", "dequantized")
+
+
+def fake_quantize_activations(x: torch.Tensor, fmt: str, global_amax: torch.Tensor | float | None = None, *,
+                              block_size: int | None = None, scale_mode: str = "floor", recipe: str = "te"
+                              ) -> torch.Tensor:
+    """RTN of ``x`` along its last dim in ``fmt`` (MXFP4, default floor scales / 32; NVFP4, default TE recipe / 16,
+    tensor scale from ``global_amax`` or else ``x``'s own amax), computed in float32, dequantized to ``x``'s dtype."""
+    if fmt not in FORMATS:
+        raise ValueError(f"activation quantization needs fmt 'mxfp4' or 'nvfp4', got {fmt!r}")
+    bs = DEFAULT_BLOCK[fmt] if block_size is None else block_size
+    return _quantize(x.float(), fmt, bs, scale_mode, recipe, global_amax).dequantize().to(x.dtype)
 
 
 class FP4Linear(nn.Module):
@@ -60,15 +75,21 @@ class FP4Linear(nn.Module):
     ``weight_global_scale`` (NVFP4, float32, decode direction), ``rotation_signs`` (if signs are used);
     ``weight`` (rotated, full precision) instead of the first three when ``fmt=None``.
     W4A4 quantizes each call's rotated input (flattened to (tokens, K)) with the weight's format, block size
-    and scale mode/recipe; NVFP4's tensor scale comes from that input's own amax (dynamic, per call).
-    The output has the input's dtype (computed in float32, or float64 for float64 inputs).
+    and scale mode/recipe; NVFP4's tensor scale comes from ``act_global_amax`` (a static, calibrated amax, as
+    serving stacks store it: buffer ``act_global_amax``) or else from that input's own amax (per call).
+
+    ``compute="exact"`` (default) runs ``fp4ref.ops``: the reference GEMM of SPEC §8 on the CPU (float64,
+    rounded once), the FP4 GEMM on a GPU; the output has the input's dtype. ``compute="dequantized"`` is the
+    calibration pipelines' fast simulation, ``F.linear(Q_a(x·R), deq(W), b)`` in float32 with the dequantized
+    weight cached (its bits are ``dequantize()``'s; the product rounds as float32 GEMMs do); it returns float32.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fmt: str | None = "mxfp4",
                  block_size: int | None = None, scale_mode: str = "floor", recipe: str = "te",
                  rotation: int | None = None, signs: torch.Tensor | None = None,
                  quantize_activations: bool = False, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, act_global_amax: float | None = None,
+                 compute: str = "exact") -> None:
         super().__init__()
         in_features = check_int(in_features, "in_features", min=1)
         out_features = check_int(out_features, "out_features", min=1)
@@ -101,6 +122,10 @@ class FP4Linear(nn.Module):
         self.fmt, self.block_size, self.scale_mode, self.recipe = fmt, bs, scale_mode, recipe
         self.rotation, self.quantize_activations = rotation, quantize_activations
         self.register_buffer("rotation_signs", signs)
+        if compute not in COMPUTE:
+            raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
+        self.compute = compute
+        self._deq: tuple | None = None  # (key, dequantized weight) for compute="dequantized"
         if fmt is None:
             self.register_buffer("weight", torch.zeros(out_features, in_features, device=device, dtype=dtype))
         else:
@@ -111,6 +136,9 @@ class FP4Linear(nn.Module):
             gs = torch.ones((), device=device) if fmt == "nvfp4" else None
             self.register_buffer("weight_global_scale", gs)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.register_buffer("act_global_amax", None)
+        if act_global_amax is not None:
+            self.set_act_global_amax(act_global_amax)
         self._cuda_weight: tuple | None = None  # (key, fp4ref_cuda PreparedWeight), see _prepared_weight
 
     @classmethod
@@ -140,7 +168,8 @@ class FP4Linear(nn.Module):
     @classmethod
     def from_quantized(cls, weight: mx.MXTensor | nvfp4.NVFP4Tensor, bias: torch.Tensor | None = None, *,
                        rotation: int | None = None, signs: torch.Tensor | None = None,
-                       quantize_activations: bool = False) -> "FP4Linear":
+                       quantize_activations: bool = False, act_global_amax: float | None = None,
+                       compute: str = "exact") -> "FP4Linear":
         """Wraps an already quantized (N, K) weight, e.g. MR-GPTQ's, given in the rotated basis."""
         _check_weight(weight, "weight")
         if bias is not None:
@@ -157,7 +186,7 @@ class FP4Linear(nn.Module):
         m = cls(weight.shape[1], weight.shape[0], bias is not None, fmt=fmt, block_size=weight.block_size,
                 scale_mode=getattr(weight, "scale_mode", "floor"), recipe=getattr(weight, "recipe", "te"),
                 rotation=rotation, signs=signs, quantize_activations=quantize_activations,
-                device=weight.data.device)
+                device=weight.data.device, act_global_amax=act_global_amax, compute=compute)
         m.load_quantized(weight)
         if bias is not None:
             m.bias = nn.Parameter(bias.detach().clone())
@@ -202,6 +231,38 @@ class FP4Linear(nn.Module):
         if self.fmt == "nvfp4":
             self.weight_global_scale.copy_(q.global_scale.reshape(()))
 
+    def set_act_global_amax(self, amax: float | torch.Tensor | None) -> None:
+        """The static NVFP4 activation amax of W4A4 (None: each input's own amax)."""
+        if amax is None:
+            self.act_global_amax = None
+            return
+        if self.fmt != "nvfp4" or not self.quantize_activations:
+            raise ValueError("act_global_amax applies to NVFP4 layers with quantize_activations=True")
+        v = float(amax) if not isinstance(amax, bool) and isinstance(amax, (int, float, torch.Tensor)) else None
+        if v is None or not (0 <= v < float("inf")):
+            raise ValueError(f"act_global_amax must be a finite number >= 0, got {amax!r}")
+        dev = self.weight_scale.device
+        self.act_global_amax = torch.tensor(v, dtype=torch.float32, device=dev)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``deq(W)`` in the rotated basis, float32, cached per version of the weight buffers."""
+        if self.fmt is None:
+            return self.weight
+        key = tuple((b.data_ptr(), b._version, b.device) for b in
+                    (self.weight_packed, self.weight_scale, self.weight_global_scale) if b is not None)
+        cached = getattr(self, "_deq", None)
+        if cached is None or cached[0] != key:
+            cached = self._deq = (key, self.weight_quantized.dequantize())
+        return cached[1]
+
+    def _simulated(self, x: torch.Tensor) -> torch.Tensor:
+        xr = x if self.rotation is None else self.rotate_input(x).to(torch.float32)
+        if self.quantize_activations:
+            xr = fake_quantize_activations(xr, self.fmt, self.act_global_amax, block_size=self.block_size,
+                                           scale_mode=self.scale_mode, recipe=self.recipe)
+        w = self.dequantized_weight()
+        return nn.functional.linear(xr, w, None if self.bias is None else self.bias.to(w.dtype))
+
     @property
     def weight_quantized(self) -> mx.MXTensor | nvfp4.NVFP4Tensor | None:
         """The stored weight as an MXTensor/NVFP4Tensor (in the rotated basis), or None when ``fmt=None``."""
@@ -243,6 +304,8 @@ class FP4Linear(nn.Module):
             raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if self.compute == "dequantized":
+            return self._simulated(x)
         xr = x if self.rotation is None else self.rotate_input(x)
         if self.fmt is None:
             w = self.weight.to(xr.dtype)
@@ -259,7 +322,7 @@ class FP4Linear(nn.Module):
             return _op("fp4_linear")(xr, wq, self.bias).to(x.dtype)
         x2 = xr.reshape(-1, self.in_features)
         xq = _quantize(x2.float() if x2.dtype == torch.float64 else x2, self.fmt, self.block_size,
-                       self.scale_mode, self.recipe)
+                       self.scale_mode, self.recipe, self.act_global_amax)
         out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = _op("fp4_mm")(xq, wq, out_dtype=out_dtype)
         if self.bias is not None:
@@ -271,7 +334,7 @@ class FP4Linear(nn.Module):
             f"scale_mode={self.scale_mode}" if self.fmt == "mxfp4" else f"recipe={self.recipe}")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"quant=({q}), rotation={self.rotation}, signs={self.rotation_signs is not None}, "
-                f"W4A4={self.quantize_activations}")
+                f"W4A4={self.quantize_activations}, compute={self.compute}")
 
 
 def _check_weight(w: object, arg: str) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from fp4ref import models
 from fp4ref.gptq import HessianAccumulator, gptq
-from fp4ref.model import QuantLinear, fake_quantize_activations, make_grid, quantize_model
+from fp4ref.model import _quantize_layer, fake_quantize_activations, make_grid, quantize_model
+from fp4ref.nn import FP4Linear
 from fp4ref.qep import QEPAccumulator, qep_target
 
 MISSING = models.missing_requirements()
@@ -132,9 +133,11 @@ def test_quantize_model_one_block(real):
         assert len(res.layers) == 7 and res.tokens == 2 * 128
         for r in res.layers:
             mod = model.get_submodule(f"model.layers.{r.block}.{r.name}")
-            assert isinstance(mod, QuantLinear) and mod.rotation is None and mod.act_fmt is None
-            # the stored weight is exactly the decoded export tensor
-            assert torch.equal(mod.quantized.dequantize().view(torch.int32), mod.weight.detach().view(torch.int32))
+            assert isinstance(mod, FP4Linear) and mod.rotation is None and not mod.quantize_activations
+            assert mod.compute == "dequantized"
+            x = torch.randn(3, mod.in_features)  # the simulation is x · deq(W)ᵀ in float32, deq from the stored bytes
+            want = torch.nn.functional.linear(x, mod.weight_quantized.dequantize(), mod.bias)
+            assert torch.equal(mod(x).view(torch.int32), want.view(torch.int32))
             assert r.rel_err > 0 and (r.damp_used is None) == (method == "rtn")
         ref = real["model"].model.layers[1].mlp.down_proj.weight
         assert torch.equal(model.model.layers[1].mlp.down_proj.weight, ref)  # later blocks untouched
@@ -161,20 +164,18 @@ def test_w4a4_mr_gptq_layer(real):
     model, _ = models.load_model()
     quantize_model(model, real["calib"][:2], method="mr-gptq", fmt="mxfp4", act=True, blocks=[0], **QUIET)
     mod = model.model.layers[0].mlp.down_proj
-    assert isinstance(mod, QuantLinear) and mod.rotation.block_size == 32 and mod.act_fmt == "mxfp4"
+    assert isinstance(mod, FP4Linear) and mod.rotation == 32 and mod.quantize_activations and mod.fmt == "mxfp4"
     x = torch.randn(3, 5, 1536)
     R = torch.block_diag(*([_hadamard(32)] * 48))
-    x_rot = mod.rotation.apply(x)
+    x_rot = mod.rotate_input(x)
     assert torch.allclose(x_rot, x @ R, atol=1e-5)
-    y = torch.nn.functional.linear(fake_quantize_activations(x_rot, "mxfp4"), mod.weight)
+    y = torch.nn.functional.linear(fake_quantize_activations(x_rot, "mxfp4"), mod.weight_quantized.dequantize())
     assert torch.equal(mod(x), y)
     # activations really are on the MXFP4 grid: re-quantizing changes nothing
     xq = fake_quantize_activations(x_rot, "mxfp4")
     assert torch.equal(fake_quantize_activations(xq, "mxfp4"), xq)
-    # fp4ref.nn.FP4Linear (the float64 reference GEMM) computes the same layer from the same codes
-    from fp4ref.nn import FP4Linear
-
-    ref = FP4Linear.from_quantized(mod.quantized, rotation=32, quantize_activations=True)
+    # the same layer computed exactly (compute="exact": the float64 reference GEMM) from the same codes
+    ref = FP4Linear.from_quantized(mod.weight_quantized, rotation=32, quantize_activations=True)
     assert torch.allclose(ref(x), mod(x), rtol=1e-5, atol=1e-6)
 
 
@@ -213,8 +214,34 @@ def test_cli_quantize_saves_loadable_checkpoint(real, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "float32 perplexity" in text and "self_attn.q_proj" in text
     report = json.loads((out / "report.json").read_text())
-    loaded = load_checkpoint(out)
+    loaded = load_checkpoint(out, compute="dequantized")
     _, evals = models.split_windows(real["tokens"], seq_len=512, n_calib=0, n_eval=1)
     assert models.perplexity(loaded, evals) == report["perplexity"]
     assert cli_quantize(["--qep", "2"]) == 2
     assert cli_quantize(["--format", "int4", "--act"]) == 2
+
+
+@pytest.mark.parametrize("fmt,method", [("nvfp4", "gptq"), ("mxfp4", "gptq"), ("nvfp4", "mr-gptq"), ("mxfp4", "rtn")])
+def test_deployed_layer_holds_the_solver_weight(fmt, method):
+    """The FP4Linear a method returns dequantizes to exactly the weight the solver computed (the stored bytes
+    lose nothing), with the bias and rotation it was given."""
+    from fp4ref.gptq import gptq, mr_gptq
+
+    g = torch.Generator().manual_seed(1)
+    lin = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 64, generator=g) * 0.1)
+    X = torch.randn(256, 64, generator=g, dtype=torch.float64)
+    H = 2 * X.T @ X / 256
+    opts = dict(damp=0.01, act_order=False, hadamard_block=None, scale_search="mse", gptq_dtype=torch.float64)
+    layer, _, _ = _quantize_layer(lin, "l", H, lin.weight.detach(), method, fmt, False, opts)
+    if method == "gptq":
+        want = gptq(lin.weight.detach(), H, make_grid(fmt), damp=0.01).weight
+    elif method == "mr-gptq":
+        want = mr_gptq(lin.weight.detach(), H, fmt, scale_search="mse", damp=0.01).weight
+        assert layer.rotation == 16
+    else:
+        grid = make_grid(fmt)
+        want = grid.quantize(lin.weight.detach(), grid.fit(lin.weight.detach()))
+    assert torch.equal(layer.dequantized_weight().view(torch.int32), want.float().view(torch.int32))
+    assert torch.equal(layer.bias, lin.bias.detach())

@@ -191,3 +191,40 @@ def test_bad_model_arguments():
     m = FP4Linear.from_linear(_linear())
     with pytest.raises(ValueError, match="in_features=128"):
         m(_x((2, 64)))
+
+
+def test_static_activation_amax_and_dequantized_compute():
+    """W4A4 NVFP4 with a static activation amax (the serving layout's input_global_scale) on both compute paths,
+    each against a computation written here from the ops; the dequantized path's weight cache follows reloads."""
+    from fp4ref.gemm import fp4_mm
+    from fp4ref.hadamard import block_hadamard
+    from fp4ref.nvfp4 import quantize_nvfp4
+
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(24, 64, generator=g), torch.randn(24, generator=g)
+    x = torch.randn(7, 64, generator=g) * 3
+    q = quantize_nvfp4(w)
+    amax = 2.5  # below max|x·R|: the static scale saturates what the calibration never saw, as served
+    exact = FP4Linear.from_quantized(q, b, rotation=16, quantize_activations=True, act_global_amax=amax)
+    sim = FP4Linear.from_quantized(q, b, rotation=16, quantize_activations=True, act_global_amax=amax,
+                                   compute="dequantized")
+    xr = block_hadamard(x, 16)
+    assert float(xr.abs().max()) > amax
+    xq = quantize_nvfp4(xr, global_amax=amax)
+    want_exact = fp4_mm(xq, q) + b
+    assert torch.equal(exact(x).view(torch.int32), want_exact.view(torch.int32))
+    want_sim = torch.nn.functional.linear(xq.dequantize(), q.dequantize(), b)
+    assert torch.equal(sim(x).view(torch.int32), want_sim.view(torch.int32))
+    dyn = FP4Linear.from_quantized(q, b, rotation=16, quantize_activations=True, compute="dequantized")
+    assert not torch.equal(dyn(x), sim(x))  # the amax matters
+    q2 = quantize_nvfp4(w * 2)
+    sim.load_quantized(q2)
+    assert torch.equal(sim.dequantized_weight(), q2.dequantize())
+    with pytest.raises(ValueError, match="compute"):
+        FP4Linear(64, 24, fmt="nvfp4", compute="fast")
+    with pytest.raises(ValueError, match="act_global_amax applies"):
+        FP4Linear(64, 24, fmt="mxfp4", quantize_activations=True, act_global_amax=1.0)
+    with pytest.raises(ValueError, match="act_global_amax must be"):
+        FP4Linear(64, 24, fmt="nvfp4", quantize_activations=True, act_global_amax=-1.0)
+    with pytest.raises(ValueError, match="act_global_amax must be"):
+        FP4Linear(64, 24, fmt="nvfp4", quantize_activations=True, act_global_amax=True)

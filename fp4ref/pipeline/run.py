@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..model import LayerReport, QuantLinear, _quantize_layer, _rel, check_settings
+from ..model import LayerReport, _quantize_layer, _rel, check_settings
+from ..nn import FP4Linear
 from .blocks import (Probe, build_skeleton, find_layers, materialize, plan_block,
                      unfuse_experts)
 from .calib import windows
@@ -477,7 +478,7 @@ def _stage(dist: Dist, stage, experts: bool, fp_block, q_block, streams, kw, dev
             new = new.to(dev)
             if act and fmt == "nvfp4":
                 local = max((float(_rot(new, x.to(dev)).abs().amax()) for x in x_hat[g0] if x is not None), default=0.0)
-                new.act_amax = dist.max(local)
+                new.set_act_global_amax(dist.max(local))
             # Report terms per window, summed in window order so they too do not depend on the world size.
             terms = []
             for xh, xf in zip(x_hat[g0], x_full[g0]):
@@ -516,8 +517,8 @@ def _amax_for(W: torch.Tensor, method: str, fmt: str, opts: dict) -> float:
     return float(Wf[torch.isfinite(Wf)].abs().max()) if Wf.numel() else 0.0
 
 
-def _rot(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    return x if layer.rotation is None else layer.rotation.apply(x)
+def _rot(layer: FP4Linear, x: torch.Tensor) -> torch.Tensor:
+    return layer.rotate_input(x)
 
 
 def _set(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -559,7 +560,7 @@ def _collect(block: nn.Module, stream: Stream, kw: dict, firsts: list[str], dev,
 
 
 def _load_block(fp_block: nn.Module, tensors: dict, info: dict, prefix: str, dev) -> nn.Module:
-    """The quantized block of a finished block file (for --resume): its QuantLinears rebuilt from the stored
+    """The quantized block of a finished block file (for --resume): its FP4Linears rebuilt from the stored
     codes, scales, rotations and activation amaxes, so the resumed streams get the same bits."""
     from ..checkpoint import quant_linear_from
 
