@@ -77,6 +77,11 @@ def pack_tensors(prefix: str, q: MXTensor | NVFP4Tensor) -> dict[str, torch.Tens
 def unpack_tensors(tensors: dict[str, torch.Tensor], prefix: str, fmt: str, shape: tuple[int, int],
                    scale_mode: str = "floor") -> MXTensor | NVFP4Tensor:
     """The quantized tensor of layer ``prefix`` back from its stored tensors."""
+    need = [f"{prefix}.weight_packed", f"{prefix}.weight_scale"] + ([f"{prefix}.weight_global_scale"]
+                                                                    if fmt == "nvfp4" else [])
+    missing = [k for k in need if k not in tensors]
+    if missing:
+        raise ValueError(f"layer {prefix!r}: the checkpoint lacks {missing}")
     packed = tensors[f"{prefix}.weight_packed"]
     if packed.dtype != torch.uint8 or tuple(packed.shape) != (shape[0], shape[1] // 2):
         raise ValueError(f"{prefix}.weight_packed must be uint8 {(shape[0], shape[1] // 2)}, "
@@ -203,17 +208,28 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor
     """(config, plain tensors, {layer: quantized tensor}) of a checkpoint written by :func:`save_checkpoint`."""
     from safetensors.torch import load_file
 
+    if not isinstance(directory, (str, Path)):
+        raise TypeError(f"directory must be a path, got {type(directory).__name__}")
     d = Path(directory)
-    config = json.loads((d / "config.json").read_text())
-    if "fp4ref" not in config:
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except OSError as e:
+        raise ValueError(f"directory {d}: cannot read config.json ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"directory {d}: config.json is not JSON ({e})") from None
+    if not isinstance(config, dict) or "fp4ref" not in config:
         raise ValueError(f"{d / 'config.json'} has no 'fp4ref' section: not written by fp4ref.save_checkpoint")
     index = d / "model.safetensors.index.json"
-    if index.is_file():  # sharded (fp4ref quantize --model): every shard the index names
+    try:
+        files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+                 else [WEIGHTS_FILE])
         tensors = {}
-        for f in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        for f in files:  # sharded (fp4ref quantize --model): every shard the index names
             tensors.update(load_file(str(d / f)))
-    else:
-        tensors = load_file(str(d / WEIGHTS_FILE))
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"directory {d}: the weight files are missing or unreadable ({e})") from None
+    except Exception as e:  # safetensors' own SafetensorError for a damaged file
+        raise ValueError(f"directory {d}: a weight file is damaged ({e})") from None
     meta = config["fp4ref"]
     quantized = {n: unpack_tensors(tensors, n, meta["format"], tuple(shape), meta.get("scale_mode") or "floor")
                  for n, shape in meta["shapes"].items()}

@@ -181,3 +181,24 @@ def test_model_checkpoint_roundtrip(tmp_path, fmt, method, act):
         assert all(m.compute == "exact" for m in exact.modules() if isinstance(m, FP4Linear))
         a, b = model(ids).logits, exact(ids).logits
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_read_checkpoint_bad_folders(tmp_path):
+    from fp4ref.checkpoint import read_checkpoint
+
+    with pytest.raises(ValueError, match="cannot read config.json"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="no 'fp4ref' section"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text('{"fp4ref": {"format": "nvfp4", "shapes": {}}}')
+    with pytest.raises(ValueError, match="missing or unreadable"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="damaged|unreadable"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(TypeError, match="directory"):
+        read_checkpoint(3)
