@@ -401,12 +401,11 @@ def _materialize_shell(shell: nn.Module, src: Source, dev) -> dict[str, torch.Te
 
 
 def _final_norm(shell: nn.Module, probes: nn.ModuleList) -> nn.Module:
-    """The first module the model calls after its last block (the final norm), found by running nothing: the
-    module registered right after the blocks in the base model."""
+    """The module the model runs right after its blocks (the final norm): the first child with parameters
+    registered after the blocks in the module that holds them."""
     base = next(m for m in shell.modules() if any(c is probes for c in m.children()))
-    names = [n for n, c in base.named_children()]
-    after = [getattr(base, n) for n in names[names.index(next(n for n, c in base.named_children() if c is probes)) + 1:]
-             if any(True for _ in getattr(base, n).parameters())]
+    children = list(base.children())
+    after = [c for c in children[children.index(probes) + 1:] if next(c.parameters(), None) is not None]
     if not after:
         raise PipelineError("cannot find the module that follows the decoder blocks (the final norm)")
     return after[0]
@@ -416,10 +415,12 @@ def _stage(dist: Dist, stage, experts: bool, fp_block, q_block, streams, kw, dev
            qep_damp, opts, n_calib, alpha_for, reports, fallback) -> None:
     """Quantizes the groups of one stage (see the module docstring)."""
     names = [n for g in stage for n in g]
-    first = {n: g[0] for g in stage for n in g}
     alphas = {n: (0.0 if (qep is None or experts) else alpha_for(prefix + n, float(qep), qep_layers)) for n in names}
-    x_hat = _collect(q_block, streams["calib_q"], kw, [g[0] for g in stage], dev, stop=not experts)
-    x_full = _collect(fp_block, streams["calib_f"], kw, [g[0] for g in stage], dev, stop=not experts)
+    firsts = [g[0] for g in stage]
+    x_hat = _collect(q_block, streams["calib_q"], kw, firsts, dev, stop=not experts)
+    # Experts route X and X̂ differently (no matching rows): their X is neither needed for QEP nor the report.
+    x_full = ({g: [None] * len(x_hat[g]) for g in firsts} if experts else
+              _collect(fp_block, streams["calib_f"], kw, firsts, dev, stop=True))
     mods = dict(q_block.named_modules())
     fp_mods = dict(fp_block.named_modules())
     counter = 0
