@@ -8,7 +8,6 @@ memory access and parallel structure.
 """
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 
@@ -16,12 +15,13 @@ import pytest
 import torch
 
 from fp4ref import codecs, hadamard, layouts, mx, nvfp4
-from fp4ref.formats import ELEMENT_FORMATS, FORMATS, code_value
+from fp4ref.formats import FORMATS
+
+from kernel_cases import (MX_CASES, all_patterns, amax_sweep, bits_equal, codes_equal, grid_corners, mixed_blocks,
+                          random_f32, reference_hadamard_quantize, rotation_input)
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="no C++ compiler to build the CPU copy of the kernels' arithmetic")
-
-MX_CASES = [(e, m) for e in ELEMENT_FORMATS for m in mx.SCALE_MODES if m != "stretch" or e == "e2m1"]
 
 
 @pytest.fixture(scope="module")
@@ -36,69 +36,18 @@ def low(ops):
     return ops.low
 
 
-def all_patterns(dtype: torch.dtype) -> torch.Tensor:
-    return torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
 
 
-def bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Same shape and dtype, NaN in the same places, identical bits elsewhere (-0 != +0)."""
-    assert a.shape == b.shape and a.dtype == b.dtype
-    na, nb = torch.isnan(a), torch.isnan(b)
-    assert torch.equal(na, nb), "NaN positions differ"
-    ia = a.masked_fill(na, 0).contiguous().view(torch.int16 if a.element_size() == 2 else torch.int32)
-    ib = b.masked_fill(nb, 0).contiguous().view(torch.int16 if b.element_size() == 2 else torch.int32)
-    bad = (ia != ib).nonzero()
-    assert bad.numel() == 0, f"{bad.shape[0]} mismatches, first at {bad[:5].tolist()}"
 
 
-def codes_equal(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape, (a.shape, b.shape)
-    bad = (a != b).nonzero()
-    assert bad.numel() == 0, f"{bad.shape[0]} mismatches, first at {bad[:5].tolist()}"
 
 
-def grid_corners() -> torch.Tensor:
-    """float32 values at and one ulp around every rounding midpoint and grid point of every format, both signs."""
-    vals = [0.0, 2.0**-149, 2.0**-126, 2.0**-127, 3.4028234663852886e38, math.inf, 1.0, 1.5]
-    for f in FORMATS.values():
-        if f.name == "e8m0":
-            grid = [2.0**k for k in range(-127, 128)]
-        else:
-            grid = [code_value(f, c) for c in range(f.max_code + 1)]
-            grid.append(2 * grid[-1] - grid[-2])
-        vals += grid
-        vals += [(a + b) / 2 for a, b in zip(grid, grid[1:])]
-        vals += [1.5 * g for g in grid]
-    v = torch.tensor(vals, dtype=torch.float32)
-    v = torch.cat([v, torch.nextafter(v, torch.full_like(v, math.inf)), torch.nextafter(v, torch.zeros_like(v))])
-    return torch.cat([v, -v, torch.tensor([math.nan, -math.nan])])
 
 
-def random_f32(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-2**31, 2**31, (n,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def amax_sweep(dtype: torch.dtype, block: int, seed: int = 0) -> torch.Tensor:
-    """One block per non-NaN pattern p of ``dtype``: p, then p·2^-k with random k >= 0 and sign (|.| <= |p|),
-    so that the block amax runs through every pattern."""
-    p = all_patterns(dtype).float()
-    p = p[~torch.isnan(p)]
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randint(0, 12, (p.numel(), block - 1), generator=g).float()
-    s = torch.randint(0, 2, (p.numel(), block - 1), generator=g).float() * 2 - 1
-    rest = p[:, None].abs() * torch.exp2(-k) * s
-    rest = torch.where(torch.isinf(rest), torch.zeros_like(rest), rest)
-    return torch.cat([p[:, None], rest], dim=1).to(dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def mixed_blocks(dtype: torch.dtype, block: int, seed: int = 1) -> torch.Tensor:
-    """All patterns of ``dtype`` in a fixed random order, as blocks (NaN and Inf blocks included)."""
-    p = all_patterns(dtype)
-    perm = torch.randperm(p.numel(), generator=torch.Generator().manual_seed(seed))
-    return p[perm].reshape(-1, block)
 
 
 # --- §2 codecs --------------------------------------------------------------------------------------------
@@ -307,13 +256,6 @@ def test_te_encode_scale(low):
 
 
 # --- §7 Hadamard and the fused rotation + quantization --------------------------------------------------
-def rotation_input(dtype, rows=3, k=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, k, generator=g) * torch.exp2(torch.randint(-30, 30, (rows, k), generator=g).float())
-    x[0, 5] = math.inf
-    x[1, k // 2 + 1] = math.nan
-    x[2, 7] = -0.0
-    return x.to(dtype)
 
 
 def signs_for(n, seed):
@@ -330,11 +272,6 @@ def test_block_hadamard(ops, hb, dtype):
     bits_equal(ops.block_hadamard(y, hb, axis=0), hadamard.block_hadamard(y, hb, axis=0))
 
 
-def reference_hadamard_quantize(x, fmt, hb, signs, mode, global_amax):
-    y = hadamard.block_hadamard(x, hb, signs=signs)
-    if fmt == "mxfp4":
-        return mx.quantize_mx(y, "e2m1", block_size=32, scale_mode=mode)
-    return nvfp4.quantize_nvfp4(y, global_amax=global_amax)
 
 
 @pytest.mark.parametrize("hb", [2, 4, 8, 16, 32, 64, 128, 256])

@@ -291,14 +291,19 @@ def test_bad_input():
 
 
 # --- against torchao, the peer the OCP modes are named after -------------------------------------------------
-torchao_mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
-from torchao.prototype.mx_formats.config import ScaleCalculationMode  # noqa: E402
+# The peer is imported inside the tests that need it, so that without torchao only these tests skip.
+@pytest.fixture(scope="module")
+def torchao_mx():
+    return pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
+
 
 TORCHAO_ELEM = {"e2m1": torch.float4_e2m1fn_x2, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
                 "e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
 
 
-def torchao_codes(x, elem, mode):
+def torchao_codes(torchao_mx, x, elem, mode):
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
+
     s, d = torchao_mx.to_mx(x, TORCHAO_ELEM[elem], 32, ScaleCalculationMode[mode.upper()])
     d = d.view(torch.uint8)
     if elem == "e2m1":
@@ -309,11 +314,11 @@ def torchao_codes(x, elem, mode):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", OCP_MODES)
 @pytest.mark.parametrize("elem", ELEMS)
-def test_vs_torchao_random(elem, mode, dtype):
+def test_vs_torchao_random(torchao_mx, elem, mode, dtype):
     g = torch.Generator().manual_seed(11)
     mags = 2.0 ** torch.randint(-100, 100, (64, 1), generator=g).float()
     x = (torch.randn(64, 128, generator=g) * mags).to(dtype)
-    s, d = torchao_codes(x, elem, mode)
+    s, d = torchao_codes(torchao_mx, x, elem, mode)
     q = quantize_mx(x, elem, scale_mode=mode)
     # torchao 0.18 divides by 2^-126 where the scale byte is 0 (SPEC §4): compare only other blocks.
     ok = (q.scales != 0).repeat_interleave(32, dim=1)
@@ -322,11 +327,11 @@ def test_vs_torchao_random(elem, mode, dtype):
 
 
 @pytest.mark.parametrize("mode", OCP_MODES)
-def test_vs_torchao_every_bf16_pattern(mode):
+def test_vs_torchao_every_bf16_pattern(torchao_mx, mode):
     x = every_pattern_blocks(torch.bfloat16).to(torch.bfloat16)
     finite_rows = torch.isfinite(x.float()).all(dim=1)
     x = x[finite_rows]  # torchao 0.18 gives Inf blocks a finite scale (SPEC §4)
-    s, d = torchao_codes(x, "e2m1", mode)
+    s, d = torchao_codes(torchao_mx, x, "e2m1", mode)
     q = quantize_mx(x, "e2m1", scale_mode=mode)
     assert torch.equal(q.scales, s)
     ok = (q.scales != 0).repeat_interleave(32, dim=1)

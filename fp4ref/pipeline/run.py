@@ -11,7 +11,6 @@ memory is one block plus this rank's activations, whatever the number of blocks.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import resource
