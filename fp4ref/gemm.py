@@ -54,7 +54,6 @@ def check_fp4_mm(a: object, b: object, out_dtype: object = torch.float32) -> str
     return ka
 
 
-check_mm_args = check_fp4_mm  # the name fp4ref.ops and fp4ref_cuda use
 
 
 def check_linear_args(x: object, w: object, bias: object = None) -> str:
@@ -223,4 +222,4 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
     return round_to(hi, sign, out_dtype)
 
 
-__all__ = ["fp4_mm", "fp4_linear", "fp4_mm_tolerance", "check_fp4_mm", "check_mm_args", "check_linear_args", "exact_block_sum", "round_to", "OUT_DTYPES"]
+__all__ = ["fp4_mm", "fp4_linear", "fp4_mm_tolerance", "check_fp4_mm", "check_linear_args", "exact_block_sum", "round_to", "OUT_DTYPES"]

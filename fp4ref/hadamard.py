@@ -70,7 +70,6 @@ def check_block_hadamard(x: object, block_size: object, signs: object = None, ax
     return axis
 
 
-check_hadamard_args = check_block_hadamard  # the name fp4ref.ops and fp4ref_cuda use
 
 
 def inv_sqrt(block_size: int, dtype: torch.dtype = torch.float32) -> float:

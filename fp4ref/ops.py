@@ -127,7 +127,7 @@ def block_hadamard(x: torch.Tensor, block_size: int, *, signs: torch.Tensor | No
     from . import hadamard
 
     return _dispatch("block_hadamard", hadamard.block_hadamard,
-                     lambda: hadamard.check_hadamard_args(x, block_size, signs, axis), x, x, block_size,
+                     lambda: hadamard.check_block_hadamard(x, block_size, signs, axis), x, x, block_size,
                      signs=signs, axis=axis)
 
 
@@ -166,7 +166,7 @@ def hadamard_quantize(x: torch.Tensor, fmt: str = "mxfp4", *, hadamard_block: in
         if not isinstance(fmt, str) or fmt not in ("mxfp4", "nvfp4"):
             raise ValueError(f"fmt={fmt!r} is not 'mxfp4' or 'nvfp4'")
         check_bool(swizzle, "swizzle")
-        hadamard.check_hadamard_args(x, hadamard_block, signs, -1, arg="hadamard_block")
+        hadamard.check_block_hadamard(x, hadamard_block, signs, -1, arg="hadamard_block")
         if fmt == "mxfp4":
             check_mx_args(x, "e2m1", 32, scale_mode, -1)
         else:
@@ -184,7 +184,7 @@ def fp4_mm(a, b, *, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``out[m, n] = Σ_k deq(a)[m, k] deq(b)[n, k]`` correctly rounded (SPEC §8); NVFP4 global scales last."""
     from . import gemm
 
-    return _dispatch("fp4_mm", gemm.fp4_mm, lambda: gemm.check_mm_args(a, b, out_dtype), a, a, b,
+    return _dispatch("fp4_mm", gemm.fp4_mm, lambda: gemm.check_fp4_mm(a, b, out_dtype), a, a, b,
                      out_dtype=out_dtype)
 
 

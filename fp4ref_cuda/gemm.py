@@ -115,7 +115,7 @@ def fp4_mm(a: MXTensor | NVFP4Tensor, b: MXTensor | NVFP4Tensor, *,
            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``out = a · bᵀ`` (a (M, K), b (N, K) FP4) on the GPU; float32 accumulation, global scales as alpha.
 
-    Arguments are validated by ``fp4ref.ops`` (``check_mm_args``) before this is called; only what the
+    Arguments are validated by ``fp4ref.ops`` (``fp4ref.gemm.check_fp4_mm``) before this is called; only what the
     kernels rely on is re-checked here.
     """
     kinds = (type(a), type(b))
