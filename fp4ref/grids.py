@@ -473,15 +473,20 @@ class NVFP4Grid(Grid):
                            W_hat.shape, self.group_size)
 
 
-def grid_for(fmt: str, **kwargs) -> Grid:
-    """The grid of a format name: "int4" (IntGrid), "mxfp4" (MXGrid e2m1/32), "nvfp4" (NVFP4Grid)."""
-    if fmt == "int4":
-        return IntGrid(4, **kwargs)
+GRID_FORMATS = ("mxfp4", "nvfp4", "int4")
+
+
+def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | None = None) -> Grid:
+    """The weight grid of a format name, as the whole-model pipelines use it: MXFP4 (E2M1, 32, OCP floor scales),
+    NVFP4 (TE recipe, 16; tensor scale from ``global_amax``, default the matrix's own amax), int4 (symmetric,
+    groups of 32, like the MR-GPTQ paper's INT4 baseline)."""
     if fmt == "mxfp4":
-        return MXGrid("e2m1", **kwargs)
+        return MXGrid("e2m1", 32, "floor", scale_search=scale_search)
     if fmt == "nvfp4":
-        return NVFP4Grid(**kwargs)
-    raise ValueError(f"fmt={fmt!r} is not one of 'int4', 'mxfp4', 'nvfp4'")
+        return NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
+    if fmt == "int4":
+        return IntGrid(bits=4, group_size=32, symmetric=True)
+    raise ValueError(f"fmt={fmt!r} is not one of {GRID_FORMATS}")
 
 
 __all__ = [
@@ -494,5 +499,5 @@ __all__ = [
     "MXScales",
     "NVFP4Grid",
     "NVFP4Scales",
-    "grid_for",
+    "make_grid",
 ]

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .grids import make_grid
 from .nn import FP4Linear, fake_quantize_activations
 
 METHODS = ("rtn", "gptq", "mr-gptq")
@@ -31,21 +32,6 @@ TRUE_SEQUENTIAL = (
     ("mlp.gate_proj", "mlp.up_proj"),
     ("mlp.down_proj",),
 )
-
-
-def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | None = None):
-    """The weight grid of ``fmt``: MXFP4 (E2M1, 32, OCP floor scales), NVFP4 (TE recipe, 16; tensor scale from
-    ``global_amax``, default the matrix's own amax), int4 (symmetric, groups of 32, like the MR-GPTQ paper's
-    INT4 baseline)."""
-    from .grids import IntGrid, MXGrid, NVFP4Grid
-
-    if fmt == "mxfp4":
-        return MXGrid("e2m1", 32, "floor", scale_search=scale_search)
-    if fmt == "nvfp4":
-        return NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
-    if fmt == "int4":
-        return IntGrid(bits=4, group_size=32, symmetric=True)
-    raise ValueError(f"fmt={fmt!r} is not one of {FORMATS}")
 
 
 def deployed_linear(W_hat: torch.Tensor, bias: torch.Tensor | None, quantized, fmt: str, *, rotation=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fp4ref.grids import IntGrid, MXGrid, NVFP4Grid, grid_for
+from fp4ref.grids import IntGrid, MXGrid, NVFP4Grid, make_grid
 from fp4ref.mx import SCALE_MODES, quantize_mx
 from fp4ref.nvfp4 import quantize_nvfp4
 
@@ -208,5 +208,6 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="floating"):
         IntGrid().rtn(torch.zeros(2, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="fmt"):
-        grid_for("fp8")
-    assert isinstance(grid_for("nvfp4"), NVFP4Grid) and grid_for("mxfp4").group_size == 32
+        make_grid("fp8")
+    assert isinstance(make_grid("nvfp4"), NVFP4Grid) and make_grid("mxfp4").group_size == 32
+    assert make_grid("int4").group_size == 32 and make_grid("nvfp4", global_amax=3.0).global_amax == 3.0

@@ -195,7 +195,7 @@ CASES = [
     ("grid-column-str", lambda: grids.IntGrid().quantize_column(X[:, 0], "0", grids.IntGrid().fit(X)), "col_index"),
     ("grid-refit-group", lambda: grids.MXGrid().refit_group(grids.MXGrid().fit(X), X[:, :32], 2), "group"),
     ("grid-encode-strict", lambda: grids.MXGrid().encode(grids.MXGrid().rtn(X), strict="yes"), "strict"),
-    ("grid-for", lambda: grids.grid_for("int8"), "fmt"),
+    ("make-grid", lambda: grids.make_grid("int8"), "fmt"),
     # --- GPTQ / MR-GPTQ / accumulators / QEP
     ("gptq-damp-str", lambda: gptq.gptq(X, SYM, grids.IntGrid(), damp="0.01"), "damp"),
     ("gptq-damp-bool", lambda: gptq.gptq(X, SYM, grids.IntGrid(), damp=True), "damp"),
