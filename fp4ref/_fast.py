@@ -23,6 +23,7 @@ import torch
 
 from .codecs import magnitude_codes
 from .formats import E2M1
+from .scales import NAN_SCALE, finite_amax, inverse_scale, scale_bytes
 
 CHUNK_ELEMS = 1 << 20  # one thread: 4 MiB of float32 per chunk, few op calls, still cache-friendly
 PARALLEL_CHUNK_ELEMS = 1 << 18  # several threads: one chunk per pool thread at a time, see _run_chunks
@@ -103,21 +104,8 @@ def _block_amax(xc: torch.Tensor) -> torch.Tensor:
     return a[..., 0].view(xc.dtype).float()
 
 
-def finite_amax(x: torch.Tensor) -> torch.Tensor:
-    """fp4ref.nvfp4.finite_amax (max |x| over finite elements, float32) in one aminmax pass when x is finite."""
-    from .nvfp4 import finite_amax as reference
-
-    if not x.numel():
-        return reference(x)
-    lo, hi = torch.aminmax(x)
-    a = torch.maximum(hi.float().abs(), lo.float().abs())
-    return a if bool(torch.isfinite(a)) else reference(x)
-
-
 def quantize_mx_e2m1(x: torch.Tensor, block_size: int, scale_mode: str, axis: int):
     """(data, scales) of quantize_mx(x, "e2m1", ...) or None where the reference must run."""
-    from .mx import NAN_SCALE, inverse_scale, scale_bytes
-
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not x.numel():
         return None
     xm = x.movedim(axis, -1) if axis != x.dim() - 1 else x
@@ -155,8 +143,6 @@ def quantize_mx_e2m1(x: torch.Tensor, block_size: int, scale_mode: str, axis: in
 def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor | None, recipe_func, block_size: int, **kw):
     """(data, scales, global_scale) of quantize_nvfp4 with the recipe function ``recipe_func``, chunked.
     ``amax=None``: the global amax is taken from the block maxima (one pass fewer than finite_amax)."""
-    from .nvfp4 import finite_amax as reference_amax
-
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not x.numel():
         return None
     lead, k = x.shape[:-1], x.shape[-1]
@@ -173,7 +159,7 @@ def quantize_nvfp4_fast(x: torch.Tensor, amax: torch.Tensor | None, recipe_func,
     if amax is None:
         amax = bamax.max()
         if not bool(torch.isfinite(amax)):
-            amax = reference_amax(x)
+            amax = finite_amax(x)
     gs = []
 
     def work(r0: int, r1: int) -> None:

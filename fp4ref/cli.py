@@ -6,43 +6,11 @@ traceback.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from .cli_args import ArgParser, parse, usage_error
+
 USAGE = "usage: fp4ref {vectors OUT | verify FILE | quantize [...] | demo} [--help] | fp4ref --version"
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr and exit code 2 (SystemExit(2))."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def parse(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
-    """``ap.parse_args(argv)``, or the exit code where argparse stops (``--help``: 0, a usage error: 2)."""
-    try:
-        return ap.parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
-
-
-def usage_error(prog: str, message: str) -> int:
-    """Print ``prog: message`` as one line on stderr; returns 2."""
-    print(f"{prog}: {message}", file=sys.stderr)
-    return 2
-
-
-def count(text: str) -> int:
-    """argparse type: a non-negative integer."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv and argv[0] in ("-V", "--version"):
-        from . import __version__
+        from ._version import __version__
 
         print(f"fp4ref {__version__}")
         return 0

@@ -39,7 +39,7 @@ def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
     if scales.dim() != 2:
         raise ValueError(f"scales must be 2-D (rows, K/block), got shape {tuple(scales.shape)}")
     rows, cols = scales.shape
-    rp, cp = _ceil_to(rows, 128), _ceil_to(cols, 4)
+    rp, cp = padded_scale_shape(rows, cols)
     padded = scales.new_zeros(rp, cp)
     padded[:rows, :cols] = scales
     # (rb, 4 groups of 32 rows, 32, cb, 4) -> (rb, cb, 32, 4 groups, 4)
@@ -47,11 +47,22 @@ def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
+def padded_scale_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The 128x4 blocked layout pads a (rows, cols) scale matrix to (128⌈rows/128⌉, 4⌈cols/4⌉)."""
+    return _ceil_to(rows, 128), _ceil_to(cols, 4)
+
+
+def blocked_scale_size(rows: int, cols: int) -> int:
+    """Bytes of the 128x4 blocked layout of a (rows, cols) scale matrix."""
+    rp, cp = padded_scale_shape(rows, cols)
+    return rp * cp
+
+
 def check_unswizzle_args(blocked: object, rows: object, cols: object) -> tuple[torch.Tensor, int, int]:
     """Argument checks of ``unswizzle_scales`` shared by both backends; returns (blocked as uint8, rows, cols)."""
     blocked = check_uint8_tensor(blocked, "blocked")
     rows, cols = check_int(rows, "rows", min=0), check_int(cols, "cols", min=0)
-    rp, cp = _ceil_to(rows, 128), _ceil_to(cols, 4)
+    rp, cp = padded_scale_shape(rows, cols)
     if blocked.dim() != 1 or blocked.numel() != rp * cp:
         raise ValueError(f"blocked must be 1-D with {rp * cp} bytes for a ({rows}, {cols}) scale matrix "
                          f"(padded to ({rp}, {cp})), got shape {tuple(blocked.shape)}")
@@ -61,7 +72,7 @@ def check_unswizzle_args(blocked: object, rows: object, cols: object) -> tuple[t
 def unswizzle_scales(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Inverse of swizzle_scales: 1-D blocked bytes -> uint8 [rows, cols] (padding dropped)."""
     blocked, rows, cols = check_unswizzle_args(blocked, rows, cols)
-    rp, cp = _ceil_to(rows, 128), _ceil_to(cols, 4)
+    rp, cp = padded_scale_shape(rows, cols)
     t = blocked.view(rp // 128, cp // 4, 32, 4, 4).permute(0, 3, 2, 1, 4).reshape(rp, cp)
     return t[:rows, :cols].contiguous()
 

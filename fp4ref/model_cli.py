@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import count
+from .cli_args import ArgParser, count, size
 
 # torch's pytree registry warns on import of some peers (torchao) about Enum constants: noise, not the user's
 # concern, and it would break the CLI's one-line errors.
@@ -21,31 +21,8 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 COMPARE = (("rtn", None), ("rtn", "qep"), ("gptq", None), ("gptq", "qep"), ("mr-gptq", None), ("mr-gptq", "qep"))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _size(text: str) -> int:
-    """'5GB', '500MB', '2GiB' or a byte count."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-             "GIB": 2**30, "TIB": 2**40}
-    t = text.strip().upper()
-    num = t.rstrip("KMGTIB")
-    try:
-        value = float(num) * units[t[len(num):]]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return int(value)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fp4ref quantize", description=(
+    p = ArgParser(prog="fp4ref quantize", description=(
         "Quantize a causal LM block by block and report perplexity before and after: by default the embedded "
         "SmolLM2-135M-Instruct (weights: dequantized GGUF Q4_1, which flatters int4) on the Python docs; with "
         "--model, your own Hugging Face folder or .gguf file, streamed from disk (docs/model.md)."))
@@ -56,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-tokens", type=Path, default=None, help="calibration token ids (.npy or .safetensors)")
     p.add_argument("--offload-dir", type=Path, default=None, help="keep calibration activations here on disk")
     p.add_argument("--resume", action="store_true", help="continue a killed --model run in its --out folder")
-    p.add_argument("--shard-size", type=_size, default=5 * 10**9, help="max bytes per output shard (default 5GB)")
+    p.add_argument("--shard-size", type=size, default=5 * 10**9, help="max bytes per output shard (default 5GB)")
     p.add_argument("--format", dest="fmt", choices=("mxfp4", "nvfp4", "int4"), default="mxfp4")
     p.add_argument("--method", choices=("rtn", "gptq", "mr-gptq"), default="gptq")
     p.add_argument("--qep", type=float, default=None, metavar="ALPHA",

@@ -15,9 +15,9 @@ from .codecs import (check_float_dtype, check_float_tensor, check_int, check_not
                      check_uint8_tensor, decode, decode_table, e8m0_to_float, magnitude_codes)
 from .formats import ELEMENT_FORMATS, Format, get_format
 from .layouts import as_e8m0, as_float4_x2, pack_fp4, unpack_fp4
+from .scales import NAN_SCALE, block_amax, inverse_scale, scale_bytes, scale_exponent  # noqa: F401 (public here too)
 
 SCALE_MODES = ("floor", "ceil", "even", "rceil", "stretch")
-NAN_SCALE = 0xFF
 
 
 @dataclass
@@ -109,50 +109,6 @@ def check_scale_mode(scale_mode: object, f: Format, arg: str = "scale_mode") -> 
     if scale_mode == "stretch" and f.name != "e2m1":
         raise ValueError(f"{arg}='stretch' (the 4/3 rule of QuTLASS/FP-Quant) is defined for elem='e2m1' only")
     return scale_mode
-
-
-def block_amax(xb: torch.Tensor) -> torch.Tensor:
-    """max |x| over the last dimension in float32; NaN anywhere gives NaN (torch.amax propagates it)."""
-    return xb.abs().amax(dim=-1)
-
-
-def scale_exponent(amax: torch.Tensor, f: Format, scale_mode: str) -> torch.Tensor:
-    """Unclamped scale exponent X (int32) from amax's float32 bits (E = field - 127, so subnormals -127)."""
-    bits = amax.float().contiguous().view(torch.int32)
-    e = ((bits >> 23) & 0xFF) - 127
-    m = bits & 0x7FFFFF
-    if scale_mode == "floor":
-        return e - f.emax
-    if scale_mode == "ceil":
-        return e + (m != 0).to(torch.int32) - f.emax
-    if scale_mode == "even":
-        # amax rounded half-up to the element's precision first (e2m1: bits + 2^21), as torchao EVEN
-        return (((bits + (1 << (22 - f.mbits))) >> 23) & 0xFF) - 127 - f.emax
-    if scale_mode == "stretch":
-        return e
-    # rceil: smallest X with 2^X >= fp32(amax / max_elem).
-    d = amax.float() / f.max_finite
-    db = d.view(torch.int32)
-    de, dm = (db >> 23) & 0xFF, db & 0x7FFFFF
-    normal = de - 127 + (dm != 0).to(torch.int32)
-    subnormal = -127 + (dm > 0x400000).to(torch.int32)
-    return torch.where(de > 0, normal, subnormal)
-
-
-def scale_bytes(amax: torch.Tensor, f: Format, scale_mode: str) -> torch.Tensor:
-    """E8M0 scale byte per block: clamp(X, -127, 127) + 127; 0 for amax == 0; 0xFF for NaN/Inf amax."""
-    x = scale_exponent(amax, f, scale_mode).clamp_(-127, 127) + 127
-    x = torch.where(amax == 0, 0, x)
-    x = torch.where(torch.isfinite(amax), x, NAN_SCALE)
-    return x.to(torch.uint8)
-
-
-def inverse_scale(scales: torch.Tensor) -> torch.Tensor:
-    """Exact float32 2^-(byte-127) (byte 254 -> the subnormal 2^-127); NaN-scale bytes give 0 (unused)."""
-    field = 254 - scales.to(torch.int32)
-    bits = torch.where(field > 0, field << 23, 0x00400000)
-    bits = torch.where(scales == NAN_SCALE, 0, bits)
-    return bits.view(torch.float32)
 
 
 def quantize_mx(x: torch.Tensor, elem: str = "e2m1", *, block_size: int = 32, scale_mode: str = "floor",

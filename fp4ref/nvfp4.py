@@ -15,16 +15,12 @@ from .codecs import (check_float_dtype, check_not_meta, check_same_device, check
                      magnitude_codes)
 from .formats import E2M1, E4M3
 from .layouts import as_e4m3, as_float4_x2, pack_fp4, unpack_fp4
-from .mx import block_amax, check_block_args, check_block_size, check_shape
+from .mx import check_block_args, check_block_size, check_shape
+from .scales import block_amax, f32, finite_amax  # noqa: F401 (public here too)
 
 RECIPES = ("te", "torchao", "modelopt", "compressed-tensors")
 FLT_MAX = torch.finfo(torch.float32).max
 E4M3_NAN = 0x7F
-
-
-def f32(v: float | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A float32 scalar tensor (so that scalar arithmetic rounds in float32, not float64)."""
-    return torch.as_tensor(v, dtype=torch.float32, device=device).clone()
 
 
 @dataclass
@@ -58,13 +54,6 @@ class NVFP4Tensor:
     @property
     def device(self) -> torch.device:
         return self.data.device
-
-
-def finite_amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| over the finite elements (0 if there are none), float32 scalar."""
-    a = x.float().abs()
-    a = torch.where(torch.isfinite(a), a, 0.0)
-    return a.amax() if a.numel() else f32(0.0, x.device)
 
 
 def check_nvfp4_args(x: torch.Tensor, global_amax, recipe: str, block_size: int) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import torch
 
 from .codecs import check_bool, check_int, check_not_meta, check_real, decode_table, encode
 from .formats import ELEMENT_FORMATS, Format, code_value, get_format
-from .layouts import unpack_fp4, unswizzle_scales
+from .layouts import blocked_scale_size, unpack_fp4, unswizzle_scales
 from .mx import MXTensor, quantize_mx, scale_bytes
 from .nvfp4 import NVFP4Tensor, finite_amax, quantize_nvfp4
 
@@ -268,7 +268,7 @@ def _scale_bytes(scales: torch.Tensor, want: torch.Size, swizzled: bool | None) 
     if tuple(scales.shape) == tuple(want) and swizzled is not True:
         return scales
     rows, cols = math.prod(want[:-1]), want[-1]
-    padded = -(-rows // 128) * 128 * (-(-cols // 4) * 4)
+    padded = blocked_scale_size(rows, cols)
     if swizzled is not False and scales.numel() == padded:
         return unswizzle_scales(scales.reshape(-1).to(torch.uint8), rows, cols).reshape(want)
     return (f"scales: shape {tuple(scales.shape)} is neither {tuple(want)} nor a swizzled 128x4 layout of "

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .cli import ArgParser, count, parse, usage_error
+from ._version import __version__
+from .cli_args import ArgParser, count, parse, usage_error
 from .codecs import check_int, decode, decode_table, encode
 from .formats import ELEMENT_FORMATS, FORMATS, Format, get_format
 from .layouts import pack_fp4, swizzle_scales, unpack_fp4

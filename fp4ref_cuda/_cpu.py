@@ -17,14 +17,16 @@ from pathlib import Path
 
 import torch
 
-from ._wrappers import NV_TE, Ops
+from fp4ref.layouts import blocked_scale_size
+
+from ._wrappers import Ops
+from .ids import DTYPE_IDS, MX_ANY, NV_TE
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("arith_cpu.cpp", "arith.cuh", "tile.cuh", "dispatch.cuh", "launch.h")
+SOURCES = ("arith_cpu.cpp", "arith.cuh", "tile.cuh", "dispatch.cuh", "launch.h", "ids.h")
 # Strict IEEE binary32: no FMA contraction, no fast-math (x86-64 and aarch64 do float32 in SSE/NEON).
 CXXFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math",
             "-fPIC", "-shared", "-pthread"]  # threads: the emulated warps of the lane-split rotations
-DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _i, _i64, _u32, _f, _p = ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
 _SIGS = {
@@ -46,6 +48,8 @@ _SIGS = {
     "cpu_te_encode_scale": [_f],
     "cpu_encode_e2m1_sat": [_p, _p, _i64],
     "cpu_decode_e2m1_x2": [_p, _p, _i64],
+    "cpu_ids": [_p, _i],
+    "cpu_blocked": [_p, _i64, _p, _p],
 }
 
 
@@ -116,7 +120,7 @@ class CpuLow:
 
     def swizzle_scales(self, scales):
         rows, cols = scales.shape
-        out = torch.empty(-(-rows // 128) * 128 * (-(-cols // 4) * 4), dtype=torch.uint8)
+        out = torch.empty(blocked_scale_size(rows, cols), dtype=torch.uint8)
         self._ok(self.lib.cpu_swizzle(_ptr(scales), _ptr(out), rows, cols))
         return out
 
@@ -141,10 +145,10 @@ class CpuLow:
         k = x.shape[-1]
         cols = k // block_size
         rows = x.numel() // k if k else 0
-        data = torch.empty(*x.shape[:-1], k if kind == 1 else k // 2, dtype=torch.uint8)
+        data = torch.empty(*x.shape[:-1], k if kind == MX_ANY else k // 2, dtype=torch.uint8)
         scales = torch.empty(*x.shape[:-1], cols, dtype=torch.uint8)
         gs = torch.empty((), dtype=torch.float32) if kind == NV_TE else torch.empty(0, dtype=torch.float32)
-        swz = torch.zeros(-(-rows // 128) * 128 * (-(-cols // 4) * 4) if swizzle else 0, dtype=torch.uint8)
+        swz = torch.zeros(blocked_scale_size(rows, cols) if swizzle else 0, dtype=torch.uint8)
         self._ok(self.lib.cpu_quant(DTYPE_IDS[x.dtype], kind, block_size, hb, _ptr(x), x.numel(), fmt, mode,
                                     _ptr(signs), 0 if signs is None else signs.numel(), rscale, _ptr(amax),
                                     _ptr(gs) if kind == NV_TE else None, _ptr(data), _ptr(scales),
@@ -152,7 +156,7 @@ class CpuLow:
         return data, scales, gs, swz
 
     def dequantize(self, data, scales, global_scale, kind, fmt, block_size, stretch, out_dtype):
-        k = data.shape[-1] * (1 if kind == 1 else 2)
+        k = data.shape[-1] * (1 if kind == MX_ANY else 2)
         out = torch.empty(*data.shape[:-1], k, dtype=out_dtype)
         self._ok(self.lib.cpu_dequant(DTYPE_IDS[out_dtype], kind, block_size, out.numel(), fmt, int(stretch),
                                       _ptr(data), _ptr(scales), _ptr(global_scale), _ptr(out)))

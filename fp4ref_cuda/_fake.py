@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch.library import register_fake
 
+from fp4ref.layouts import blocked_scale_size
 
-def _blocked(rows: int, cols: int) -> int:
-    return -(-rows // 128) * 128 * (-(-cols // 4) * 4)
+from .ids import MX_ANY, NV_TE
+
+
+_blocked = blocked_scale_size
 
 
 @register_fake("fp4ref_cuda::encode")
@@ -56,14 +59,14 @@ def _quantize(x, kind, fmt, mode, block_size, hadamard_block, signs, rscale, ama
     k = x.shape[-1]
     cols = k // block_size
     rows = x.numel() // k if k else 0
-    data = x.new_empty(*x.shape[:-1], k if kind == 1 else k // 2, dtype=torch.uint8)
+    data = x.new_empty(*x.shape[:-1], k if kind == MX_ANY else k // 2, dtype=torch.uint8)
     scales = x.new_empty(*x.shape[:-1], cols, dtype=torch.uint8)
-    gs = x.new_empty((), dtype=torch.float32) if kind == 2 else x.new_empty(0, dtype=torch.float32)
+    gs = x.new_empty((), dtype=torch.float32) if kind == NV_TE else x.new_empty(0, dtype=torch.float32)
     swz = x.new_empty(_blocked(rows, cols) if swizzle else 0, dtype=torch.uint8)
     return data, scales, gs, swz
 
 
 @register_fake("fp4ref_cuda::dequantize")
 def _dequantize(data, scales, global_scale, kind, fmt, block_size, stretch, dtype):
-    k = data.shape[-1] * (1 if kind == 1 else 2)
+    k = data.shape[-1] * (1 if kind == MX_ANY else 2)
     return data.new_empty(*data.shape[:-1], k, dtype=dtype)

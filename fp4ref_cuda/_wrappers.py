@@ -16,12 +16,12 @@ import torch
 from fp4ref.codecs import check_uint8_tensor
 from fp4ref.formats import get_format
 from fp4ref.hadamard import inv_sqrt
-from fp4ref.mx import SCALE_MODES, MXTensor
+from fp4ref.layouts import blocked_scale_size
+from fp4ref.mx import MXTensor
 from fp4ref.nvfp4 import NVFP4Tensor
 
-FMT_IDS = {"e2m1": 0, "e2m3": 1, "e3m2": 2, "e4m3": 3, "e5m2": 4, "e8m0": 5}
-MODE_IDS = {m: i for i, m in enumerate(SCALE_MODES)}  # floor, ceil, even, rceil, stretch (arith.cuh order)
-MX_E2M1, MX_ANY, NV_TE = 0, 1, 2
+from .ids import FMT_IDS, MODE_IDS, MX_ANY, MX_E2M1, NV_TE  # noqa: F401 (MX_ANY: the wrappers' callers)
+
 IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FUSED_BLOCKS = (16, 32, 64, 128)  # rotation blocks with a one-pass kernel; others rotate, then quantize
 
@@ -97,7 +97,7 @@ class Ops:
         blocked = check_uint8_tensor(blocked, "blocked")
         if rows < 0 or cols < 0 or blocked.dim() != 1:
             return NotImplemented
-        if blocked.numel() != -(-rows // 128) * 128 * (-(-cols // 4) * 4):
+        if blocked.numel() != blocked_scale_size(rows, cols):
             return NotImplemented
         return self.low.unswizzle_scales(_dense(blocked), rows, cols)
 

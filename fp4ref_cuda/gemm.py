@@ -97,13 +97,17 @@ def cutlass_supported(m: int, n: int, k: int) -> bool:
     return m > 0 and n > 0 and k % 256 == 0 and n % 4 == 0
 
 
-def _cutlass_mm(arch: str, a, b, alpha: torch.Tensor | None) -> torch.Tensor:
-    from fp4ref import ops
+def _swizzle(scales: torch.Tensor) -> torch.Tensor:
+    # The backend's own swizzle kernel (operands are 2-D uint8 CUDA tensors, so it never declines): calling
+    # back into fp4ref.ops would make the dispatcher and its backend import each other.
+    return _ops().swizzle_scales(_aligned(scales))
 
+
+def _cutlass_mm(arch: str, a, b, alpha: torch.Tensor | None) -> torch.Tensor:
     da, sa, nv = _operand(a)
     db, sb, _ = _operand(b)
     fn = getattr(_ops(), f"gemm_fp4_cutlass_{arch}")
-    return fn(da, _bytes(ops.swizzle_scales(sa)), db, _bytes(ops.swizzle_scales(sb)), nv, alpha)
+    return fn(da, _bytes(_swizzle(sa)), db, _bytes(_swizzle(sb)), nv, alpha)
 
 
 def _usable(*qs) -> bool:

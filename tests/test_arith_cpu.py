@@ -365,3 +365,29 @@ def test_rceil_exponent_without_division(low):
     for lo, hi in ((2.0**-10, 2.0**18), (2.0**-124, 2.0**-107)):
         assert n(2, f32_bits(lo), f32_bits(hi), 1) == 0
     assert n(2, 0, 0x7F800000, 61) == 0
+
+
+def test_ids_and_layout_match_python(low):
+    """csrc/ids.h (compiled) and fp4ref_cuda/ids.py + fp4ref.layouts hold the same ids and layout rules."""
+    import ctypes
+
+    from fp4ref.layouts import blocked_scale_size, swizzle_scales
+    from fp4ref_cuda import ids
+
+    out = (ctypes.c_int32 * 64)()
+    n = low.lib.cpu_ids(out, 64)
+    assert list(out[:n]) == ids.table()
+    assert set(ids.MODE_IDS) == set(mx.SCALE_MODES) and set(ids.FMT_IDS) == set(FORMATS)
+    assert [ids.MODE_IDS[m] for m in mx.SCALE_MODES] == list(range(len(mx.SCALE_MODES)))
+    quads = []
+    for rows, cols in ((1, 1), (3, 5), (128, 4), (129, 7), (300, 9)):
+        for r, c in ((0, 0), (rows - 1, cols - 1), (rows // 2, cols // 3)):
+            quads.append((rows, cols, r, c))
+    q = torch.tensor(quads, dtype=torch.int64)
+    size, offset = torch.empty(len(quads), dtype=torch.int64), torch.empty(len(quads), dtype=torch.int64)
+    low.lib.cpu_blocked(q.data_ptr(), len(quads), size.data_ptr(), offset.data_ptr())
+    for (rows, cols, r, c), s_, o in zip(quads, size.tolist(), offset.tolist()):
+        assert s_ == blocked_scale_size(rows, cols)
+        marker = torch.zeros(rows, cols, dtype=torch.uint8)
+        marker[r, c] = 1
+        assert int(swizzle_scales(marker).argmax()) == o  # the reference's swizzle puts (r, c) at that offset

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..model import LayerReport, _quantize_layer, _rel, check_settings
 from ..nn import FP4Linear
 from .blocks import (Probe, build_skeleton, find_layers, materialize, plan_block,

@@ -8,6 +8,8 @@
 #pragma once
 #include <stdint.h>
 
+#include "ids.h"
+
 #if defined(__CUDACC__)
 #define FP4_HD __host__ __device__ __forceinline__
 #define FP4_UNROLL _Pragma("unroll")
@@ -62,8 +64,7 @@ constexpr uint32_t F32_MAX = 0x7F7FFFFFu;
 constexpr uint32_t F32_ONE_SIXTH = 0x3E2AAAABu;  // fp32(1/6)
 constexpr uint32_t ENCODE_ERROR = 0x100u;  // not a byte: "saturate=False cannot represent this value"
 
-// ---- formats (fp4ref/formats.py) -----------------------------------------------------------------------
-enum FmtId : int { E2M1 = 0, E2M3 = 1, E3M2 = 2, E4M3 = 3, E5M2 = 4, E8M0 = 5 };
+// ---- formats (fp4ref/formats.py; the ids are in ids.h) --------------------------------------------------
 
 struct Fmt {
   int ebits, mbits, bias, max_code, nan_code, inf_code, emax;  // nan_code/inf_code -1: none
@@ -247,8 +248,7 @@ FP4_HD uint16_t f32_to_f16(float x) {
 #endif
 }
 
-// ---- MX block scales (fp4ref/mx.py) --------------------------------------------------------------------
-enum ScaleMode : int { FLOOR = 0, CEIL = 1, EVEN = 2, RCEIL = 3, STRETCH = 4 };
+// ---- MX block scales (fp4ref/mx.py; the ScaleMode ids are in ids.h) ------------------------------------
 
 // RCEIL's X, the smallest X with 2^X >= fp32(amax / max_elem), by its definition: one IEEE division.
 FP4_HD int rceil_exponent_by_division(uint32_t amax_bits, const Fmt& f) {

@@ -259,4 +259,22 @@ int64_t cpu_fold_mismatches(uint32_t byte_lo, uint32_t byte_hi) {
   return bad;
 }
 
+// ids.h for tests/test_arith_cpu.py, which compares them with fp4ref_cuda/ids.py: every id in a fixed order.
+int cpu_ids(int32_t* out, int n) {
+  const int32_t ids[] = {E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FLOOR, CEIL, EVEN, RCEIL, STRETCH,
+                         DT_F32, DT_BF16, DT_F16, MX_E2M1, MX_ANY, NV_TE, FMT_LAST, MX_ELEM_LAST, MODE_LAST};
+  const int m = (int)(sizeof(ids) / sizeof(ids[0]));
+  for (int i = 0; i < n && i < m; ++i) out[i] = ids[i];
+  return m;
+}
+
+// ids.h's layout rules for (rows, cols, r, c) quadruples: blocked_size(rows, cols) and blocked_offset(r, c, cols).
+int cpu_blocked(const int64_t* q, int64_t n, int64_t* size, int64_t* offset) {
+  for (int64_t i = 0; i < n; ++i) {
+    size[i] = blocked_size(q[4 * i], q[4 * i + 1]);
+    offset[i] = blocked_offset(q[4 * i + 2], q[4 * i + 3], q[4 * i + 1]);
+  }
+  return 0;
+}
+
 }  // extern "C"

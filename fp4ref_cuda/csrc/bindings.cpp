@@ -99,7 +99,7 @@ void check_rotation(const Tensor& x, int64_t hb, bool allow_one) {
 
 std::tuple<Tensor, Tensor> encode(const Tensor& x, int64_t fmt, bool saturate) {
   const int dt = float_dtype(x, "x");
-  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", N(fmt));
+  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= fp4ref::FMT_LAST, "fp4ref_cuda: unknown format id ", N(fmt));
   c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte));
   Tensor err = at::zeros({1}, x.options().dtype(at::kInt));
@@ -110,7 +110,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& x, int64_t fmt, bool saturate) {
 
 std::tuple<Tensor, Tensor> decode(const Tensor& codes, int64_t fmt) {
   check_u8(codes, "codes");
-  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 5, "fp4ref_cuda: unknown format id ", N(fmt));
+  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= fp4ref::FMT_LAST, "fp4ref_cuda: unknown format id ", N(fmt));
   c10::cuda::CUDAGuard guard(codes.device());
   Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
   Tensor err = at::zeros({1}, codes.options().dtype(at::kInt));
@@ -141,7 +141,7 @@ Tensor unpack_fp4(const Tensor& packed) {
   return out;
 }
 
-int64_t blocked_size(int64_t rows, int64_t cols) { return (rows + 127) / 128 * 128 * ((cols + 3) / 4 * 4); }
+using fp4ref::blocked_size;
 
 Tensor swizzle_scales(const Tensor& scales) {
   check_u8(scales, "scales");
@@ -194,7 +194,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> quantize(const Tensor& x, int64_t kin
                                                     double rscale, const std::optional<Tensor>& amax, bool swizzle) {
   const int dt = float_dtype(x, "x");
   TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE, "fp4ref_cuda: unknown quantizer kind ", N(kind));
-  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= 4 && mode >= 0 && mode <= 4, "fp4ref_cuda: unknown element format or scale mode");
+  TORCH_CHECK_VALUE(fmt >= 0 && fmt <= fp4ref::MX_ELEM_LAST && mode >= 0 && mode <= fp4ref::MODE_LAST,
+                    "fp4ref_cuda: unknown element format or scale mode");
   const bool packed = kind != fp4ref::MX_ANY;
   const int64_t k = last_dim(x, "x");
   TORCH_CHECK_VALUE(block_size >= 1 && k % block_size == 0 && (!packed || block_size % 2 == 0),
@@ -236,7 +237,7 @@ Tensor dequantize(const Tensor& data, const Tensor& scales, const std::optional<
   check_u8(data, "data");
   check_u8(scales, "scales");
   check_same_device(data, scales, "scales");
-  TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE && fmt >= 0 && fmt <= 4,
+  TORCH_CHECK_VALUE(kind >= fp4ref::MX_E2M1 && kind <= fp4ref::NV_TE && fmt >= 0 && fmt <= fp4ref::MX_ELEM_LAST,
                     "fp4ref_cuda: unknown quantizer kind or format");
   const int64_t k = last_dim(data, "data") * (kind == fp4ref::MX_ANY ? 1 : 2);
   TORCH_CHECK_VALUE(block_size >= 1 && k % block_size == 0, "fp4ref_cuda: row length ", N(k),

@@ -107,7 +107,7 @@ int do_unpack(Exec& ex, const uint8_t* packed, uint8_t* out, int64_t n_in) {
 
 template <class Exec>
 int do_swizzle(Exec& ex, const uint8_t* scales, uint8_t* out, int64_t rows, int64_t cols) {
-  const int64_t total = (rows + 127) / 128 * 128 * ((cols + 3) / 4 * 4);
+  const int64_t total = blocked_size(rows, cols);
   ex.run(total, [=] FP4_LAMBDA(int64_t o) { out[o] = swizzle_byte(scales, o, rows, cols); });
   return ex.status();
 }

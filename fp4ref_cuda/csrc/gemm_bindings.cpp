@@ -21,6 +21,7 @@
 #ifdef FP4REF_GEMM_SM90
 #include <ATen/cuda/CUDAContextLight.h>
 #include "gemm_sm90.h"
+#include "ids.h"
 #endif
 #ifdef FP4REF_GEMM_CUTLASS
 #include "gemm_cutlass.h"
@@ -77,9 +78,9 @@ namespace {
 
 int out_kind(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return fp4ref_gemm::kOutF32;
-    case at::kBFloat16: return fp4ref_gemm::kOutBF16;
-    case at::kHalf: return fp4ref_gemm::kOutF16;
+    case at::kFloat: return fp4ref::DT_F32;
+    case at::kBFloat16: return fp4ref::DT_BF16;
+    case at::kHalf: return fp4ref::DT_F16;
     default: TORCH_CHECK_TYPE(false, "out_dtype must be float32, bfloat16 or float16, got ", t);
   }
   return 0;
@@ -218,7 +219,7 @@ at::Tensor cutlass_gemm(const at::Tensor& a, const at::Tensor& a_scales, const a
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1) * 2, bs = nvfp4 ? 16 : 32;
   const char* why = ns::cutlass_fp4_unsupported(M, N, K);
   TORCH_CHECK_VALUE(why == nullptr, "shape (M=", N_(M), ", N=", N_(N), ", K=", N_(K), ") not supported: ", why ? why : "");
-  auto padded = [bs, K](int64_t rows) { return ((rows + 127) / 128 * 128) * ((K / bs + 3) / 4 * 4); };
+  auto padded = [bs, K](int64_t rows) { return fp4ref::blocked_size(rows, K / bs); };
   TORCH_CHECK_VALUE(a_scales.numel() == padded(M) && b_scales.numel() == padded(N),
                     "scales must be swizzled to the 128x4 layout (", N_(padded(M)), " and ", N_(padded(N)), " bytes), got ",
                     N_(a_scales.numel()), " and ", N_(b_scales.numel()));

@@ -532,9 +532,9 @@ cudaError_t launch_kernel(const SmallArgs& a, bool pipelined, cudaStream_t strea
 template <int MT, bool E4M3>
 cudaError_t launch_small_out(const SmallArgs& a, int out_kind, bool pipelined, cudaStream_t stream) {
   switch (out_kind) {
-    case kOutF32: return launch_kernel<MT, E4M3, float>(a, pipelined, stream);
-    case kOutBF16: return launch_kernel<MT, E4M3, __nv_bfloat16>(a, pipelined, stream);
-    case kOutF16: return launch_kernel<MT, E4M3, __half>(a, pipelined, stream);
+    case fp4ref::DT_F32: return launch_kernel<MT, E4M3, float>(a, pipelined, stream);
+    case fp4ref::DT_BF16: return launch_kernel<MT, E4M3, __nv_bfloat16>(a, pipelined, stream);
+    case fp4ref::DT_F16: return launch_kernel<MT, E4M3, __half>(a, pipelined, stream);
     default: return cudaErrorInvalidValue;
   }
 }

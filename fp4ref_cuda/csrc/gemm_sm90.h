@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "ids.h"
+
 namespace fp4ref_gemm {
 
-enum OutKind : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
+// Output dtypes are fp4ref::DType ids (ids.h).
 
 // out[r, k] = bf16(e2m1(data[r, k]) * scale[r, k / block_size]) for a row-major (rows, K) operand:
 // data packed two per byte (element 2i in the low nibble), scales one byte per block, E4M3 when

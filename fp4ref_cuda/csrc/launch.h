@@ -3,10 +3,10 @@
 #pragma once
 #include <stdint.h>
 
+#include "ids.h"
+
 namespace fp4ref {
 
-enum DType : int { DT_F32 = 0, DT_BF16 = 1, DT_F16 = 2 };
-enum QuantKind : int { MX_E2M1 = 0, MX_ANY = 1, NV_TE = 2 };
 constexpr int ERR_UNSUPPORTED = -1;
 
 struct QuantParams {

@@ -200,11 +200,8 @@ FP4_HD int64_t div_mod(int64_t a, int64_t b, int64_t* rem) {
   return a / b;
 }
 
-// Offset of scale (r, c) in the 128x4 blocked layout of a matrix with cols columns (SPEC §3).
-FP4_HD int64_t swizzle_offset(int64_t r, int64_t c, int64_t cols) {
-  const int64_t col_tiles = (cols + 3) / 4;
-  return ((r / 128) * col_tiles + c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + (c % 4);
-}
+// Offset of scale (r, c) in the 128x4 blocked layout of a matrix with cols columns (ids.h, SPEC §3).
+FP4_HD int64_t swizzle_offset(int64_t r, int64_t c, int64_t cols) { return blocked_offset(r, c, cols); }
 
 // Byte o of the blocked layout (zero in the padding).
 FP4_HD uint8_t swizzle_byte(const uint8_t* scales, int64_t o, int64_t rows, int64_t cols) {
