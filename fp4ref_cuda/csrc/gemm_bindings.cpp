@@ -21,13 +21,13 @@
 #ifdef FP4REF_GEMM_SM90
 #include <ATen/cuda/CUDAContextLight.h>
 #include "gemm_sm90.h"
-#include "ids.h"
 #endif
 #ifdef FP4REF_GEMM_CUTLASS
 #include "gemm_cutlass.h"
 #endif
 
 #include "errfmt.h"
+#include "ids.h"
 
 #define FP4REF_STR2(x) #x
 #define FP4REF_STR(x) FP4REF_STR2(x)
