@@ -24,6 +24,17 @@ from .ids import FMT_IDS, MODE_IDS, MX_ANY, MX_E2M1, NV_TE  # noqa: F401 (MX_ANY
 
 IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FUSED_BLOCKS = (16, 32, 64, 128)  # rotation blocks with a one-pass kernel; others rotate, then quantize
+# What the kernels serve: for these fp4ref.ops never falls back to the reference (tests/test_dispatch.py runs
+# every one with the reference disabled). Outside them a method returns NotImplemented on purpose: float64
+# inputs, stochastic rounding, NVFP4 recipes other than "te", empty NVFP4 inputs.
+CLAIMED = {
+    "dtypes": IN_DTYPES,
+    "mx_scale_modes": {e: ("floor", "ceil", "even", "rceil") + (("stretch",) if e == "e2m1" else ())
+                       for e in ("e2m1", "e2m3", "e3m2", "e4m3", "e5m2")},
+    "mx_block_sizes": (32, 16, 64),
+    "hadamard_blocks": (2, 4, 8, 16, 32, 64, 128),
+    "fused_hadamard_blocks": FUSED_BLOCKS + (8,),
+}
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
