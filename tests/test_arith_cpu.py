@@ -17,7 +17,7 @@ import torch
 from fp4ref import codecs, hadamard, layouts, mx, nvfp4
 from fp4ref.formats import FORMATS
 
-from kernel_cases import (MX_CASES, all_patterns, amax_sweep, bits_equal, codes_equal, grid_corners, mixed_blocks,
+from helpers import (MX_CASES, all_patterns, amax_sweep, bits_equal, codes_equal, grid_corners, mixed_blocks,
                           random_f32, reference_hadamard_quantize, rotation_input)
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from fp4ref import hadamard, layouts, mx, nvfp4, ops
 from fp4ref.formats import FORMATS
 
-from kernel_cases import (MX_CASES, all_patterns, amax_sweep, bits_equal, codes_equal, grid_corners,
+from helpers import (MX_CASES, all_patterns, amax_sweep, bits_equal, codes_equal, grid_corners,
                             mixed_blocks, random_f32, reference_hadamard_quantize, rotation_input)
 
 fp4ref_cuda = pytest.importorskip("fp4ref_cuda")

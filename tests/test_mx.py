@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fp4ref.formats import FORMATS
-from fp4ref.layouts import unpack_fp4
 from fp4ref.mx import SCALE_MODES, MXTensor, dequantize_mx, quantize_mx
+from helpers import codes_of, every_pattern_blocks
 
 F32_MAX = float(np.finfo(np.float32).max)
 MLD = {"e2m1": ml_dtypes.float4_e2m1fn, "e2m3": ml_dtypes.float6_e2m3fn, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -77,17 +77,6 @@ def oracle_quantize(x: np.ndarray, elem: str, mode: str, block: int):
             c = y.astype(np.float32).astype(MLD[elem]).view(np.uint8)
             codes[i, j] = c
     return codes.reshape(n, k), scales
-
-
-def codes_of(q: MXTensor) -> torch.Tensor:
-    return unpack_fp4(q.data) if q.elem == "e2m1" else q.data
-
-
-def every_pattern_blocks(dtype, block=32, seed=0):
-    """Every bf16/fp16 bit pattern (NaN and Inf included), shuffled into rows of 4 blocks."""
-    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).float()
-    x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))]
-    return x.view(-1, 4 * block)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -288,51 +277,3 @@ def test_bad_input():
         dequantize_mx(bad)
     with pytest.raises(TypeError, match="MXTensor"):
         dequantize_mx(q.data)
-
-
-# --- against torchao, the peer the OCP modes are named after -------------------------------------------------
-# The peer is imported inside the tests that need it, so that without torchao only these tests skip.
-@pytest.fixture(scope="module")
-def torchao_mx():
-    return pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
-
-
-TORCHAO_ELEM = {"e2m1": torch.float4_e2m1fn_x2, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2,
-                "e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
-
-
-def torchao_codes(torchao_mx, x, elem, mode):
-    from torchao.prototype.mx_formats.config import ScaleCalculationMode
-
-    s, d = torchao_mx.to_mx(x, TORCHAO_ELEM[elem], 32, ScaleCalculationMode[mode.upper()])
-    d = d.view(torch.uint8)
-    if elem == "e2m1":
-        d = unpack_fp4(d)
-    return s.view(torch.uint8).reshape(x.shape[0], -1), d.reshape(x.shape)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode", OCP_MODES)
-@pytest.mark.parametrize("elem", ELEMS)
-def test_vs_torchao_random(torchao_mx, elem, mode, dtype):
-    g = torch.Generator().manual_seed(11)
-    mags = 2.0 ** torch.randint(-100, 100, (64, 1), generator=g).float()
-    x = (torch.randn(64, 128, generator=g) * mags).to(dtype)
-    s, d = torchao_codes(torchao_mx, x, elem, mode)
-    q = quantize_mx(x, elem, scale_mode=mode)
-    # torchao 0.18 divides by 2^-126 where the scale byte is 0 (SPEC §4): compare only other blocks.
-    ok = (q.scales != 0).repeat_interleave(32, dim=1)
-    assert torch.equal(q.scales, s)
-    assert torch.equal(codes_of(q)[ok], d[ok])
-
-
-@pytest.mark.parametrize("mode", OCP_MODES)
-def test_vs_torchao_every_bf16_pattern(torchao_mx, mode):
-    x = every_pattern_blocks(torch.bfloat16).to(torch.bfloat16)
-    finite_rows = torch.isfinite(x.float()).all(dim=1)
-    x = x[finite_rows]  # torchao 0.18 gives Inf blocks a finite scale (SPEC §4)
-    s, d = torchao_codes(torchao_mx, x, "e2m1", mode)
-    q = quantize_mx(x, "e2m1", scale_mode=mode)
-    assert torch.equal(q.scales, s)
-    ok = (q.scales != 0).repeat_interleave(32, dim=1)
-    assert torch.equal(codes_of(q)[ok], d[ok])

@@ -159,22 +159,3 @@ def test_views_and_empty():
     assert d.dtype == torch.float4_e2m1fn_x2 and s.dtype == torch.float8_e4m3fn
     assert torch.equal(s.float(), torch.from_numpy(q.scales.numpy().view(ml_dtypes.float8_e4m3fn).astype(F)))
     assert quantize_nvfp4(torch.empty(0, 16)).data.shape == (0, 8)
-
-
-# The peer is imported inside the test that needs it, so that without torchao only that test skips.
-@pytest.fixture(scope="module")
-def torchao_nv():
-    return pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e-3, 1.0, 1e3, 1e30])
-def test_torchao_recipe_vs_torchao(torchao_nv, dtype, scale):
-    g = torch.Generator().manual_seed(int(abs(np.log10(scale))) + 3)
-    x = (torch.randn(64, 512, generator=g) * scale * torch.rand(64, 1, generator=g) ** 4).to(dtype)
-    amax = x.float().abs().max()
-    s, d = torchao_nv.nvfp4_quantize(x, 16, torchao_nv.per_tensor_amax_to_scale(amax))
-    q = quantize_nvfp4(x, recipe="torchao")
-    assert torch.equal(q.scales, s.view(torch.uint8))
-    assert torch.equal(q.data, d.view(torch.uint8))
-    assert q.global_scale.item() == torchao_nv.per_tensor_amax_to_scale(amax).item()

@@ -1,5 +1,6 @@
-"""Inputs and comparisons shared by the kernel tests: the CPU build of the CUDA arithmetic
-(test_arith_cpu.py) and the GPU tests (test_cuda_ops.py) sweep the same patterns."""
+"""Test helpers shared by more than one test module (one module, so that no test imports another): the
+inputs and comparisons the CPU build of the CUDA arithmetic (test_arith_cpu.py) and the GPU tests
+(test_cuda_ops.py) sweep, and the MX helpers the reference and peer tests share."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +9,7 @@ import math
 import torch
 
 from fp4ref import hadamard, mx, nvfp4
+from fp4ref.layouts import unpack_fp4
 from fp4ref.formats import ELEMENT_FORMATS, FORMATS, code_value
 
 MX_CASES = [(e, m) for e in ELEMENT_FORMATS for m in mx.SCALE_MODES if m != "stretch" or e == "e2m1"]
@@ -92,3 +94,15 @@ def reference_hadamard_quantize(x, fmt, hb, signs, mode, global_amax):
     if fmt == "mxfp4":
         return mx.quantize_mx(y, "e2m1", block_size=32, scale_mode=mode)
     return nvfp4.quantize_nvfp4(y, global_amax=global_amax)
+
+
+def codes_of(q: mx.MXTensor) -> torch.Tensor:
+    """One code per element of an MXTensor (FP4 unpacked)."""
+    return unpack_fp4(q.data) if q.elem == "e2m1" else q.data
+
+
+def every_pattern_blocks(dtype, block=32, seed=0):
+    """Every bf16/fp16 bit pattern (NaN and Inf included), shuffled into rows of 4 blocks."""
+    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))]
+    return x.view(-1, 4 * block)
