@@ -110,108 +110,126 @@ def _label(method: str, qep) -> str:
 
 
 def cli_quantize(argv: list[str]) -> int:
+    """``fp4ref quantize``: with --model the on-disk pipeline, else the embedded model (one method or --compare)."""
     args = _parser().parse_args(argv)
     if args.model is not None:
         return _cli_pretrained(args)
+    why = _embedded_usage_error(args)
+    if why:
+        print(f"fp4ref quantize: {why}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = _EmbeddedRun(args, device)
+    if run.error:
+        print(f"fp4ref quantize: {run.error}", file=sys.stderr)
+        return 2
+    return run.compare() if args.compare else run.single()
+
+
+def _embedded_usage_error(args) -> str | None:
+    """Why the options cannot run on the embedded model (one line), or None."""
     for opt in ("calib_text", "eval_text", "calib_tokens", "offload_dir"):
         if getattr(args, opt) is not None:
-            print(f"fp4ref quantize: --{opt.replace('_', '-')} needs --model (the embedded model uses its own text)",
-                  file=sys.stderr)
-            return 2
+            return f"--{opt.replace('_', '-')} needs --model (the embedded model uses its own text)"
     if args.resume:
-        print("fp4ref quantize: --resume needs --model", file=sys.stderr)
-        return 2
+        return "--resume needs --model"
     if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        print(f"fp4ref quantize: --out {args.out}: exists and is not an empty folder; choose a new one",
-              file=sys.stderr)
-        return 2
+        return f"--out {args.out}: exists and is not an empty folder; choose a new one"
     if args.qep is not None and not 0.0 <= args.qep <= 1.0:
-        print(f"fp4ref quantize: --qep must be in [0, 1], got {args.qep}", file=sys.stderr)
-        return 2
+        return f"--qep must be in [0, 1], got {args.qep}"
     if args.act and args.fmt == "int4":
-        print("fp4ref quantize: --act (W4A4) needs --format mxfp4 or nvfp4", file=sys.stderr)
-        return 2
+        return "--act (W4A4) needs --format mxfp4 or nvfp4"
     if args.method == "mr-gptq" and args.fmt == "int4" and not args.compare:
-        print("fp4ref quantize: --method mr-gptq needs --format mxfp4 or nvfp4", file=sys.stderr)
-        return 2
+        return "--method mr-gptq needs --format mxfp4 or nvfp4"
     from . import models
 
     missing = models.missing_requirements()
     if missing:
-        print(f"fp4ref quantize: the embedded model needs {', '.join(missing)}: {models.INSTALL_HINT}",
-              file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    quick = args.quick
-    n_calib = args.calib or (4 if quick else 16)
-    calib_len = args.calib_len or (256 if quick else 512)
-    n_eval = args.n_eval if args.n_eval is not None else (4 if quick else 16)
-    if quick and args.blocks is None:
-        args.blocks = 2
-    progress = (lambda s: None) if args.quiet else (lambda s: print("  " + s, file=sys.stderr, flush=True))
+        return f"the embedded model needs {', '.join(missing)}: {models.INSTALL_HINT}"
+    return None
 
-    t_all = time.perf_counter()
-    model, tok = _load(device)
-    tokens = models.text_tokens(tok)
-    _, evals = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=n_eval)
-    calib, _ = models.split_windows(tokens, seq_len=calib_len, n_calib=n_calib, n_eval=0)
-    if (n_eval * 512 + n_calib * calib_len) > tokens.numel():
-        print("fp4ref quantize: calibration and evaluation slices would overlap", file=sys.stderr)
-        return 2
-    print(f"model: {models.MODEL_NAME}, {len(model.model.layers)} blocks")
-    print(f"machine: {_machine(device)}; device {device}")
-    print(f"text: pydoc_data.topics, {tokens.numel()} tokens; calibration {n_calib}x{calib_len} = "
-          f"{n_calib * calib_len} tokens (end of text); evaluation {n_eval}x512 = {n_eval * 512} tokens (start)")
-    t0 = time.perf_counter()
-    ppl_fp = models.perplexity(model, evals)
-    t_eval = time.perf_counter() - t0
-    print(f"float32 perplexity: {ppl_fp:.4f} ({t_eval:.1f} s)")
-    del model
-    blocks_note = "" if args.blocks is None else f" (first {args.blocks} blocks only; the rest stay float32)"
-    mode = "W4A4" if args.act else "W4A16"
 
-    if not args.compare:
-        print(f"quantizing: {_label(args.method, args.qep)}, {args.fmt}, {mode}{blocks_note}")
-        res, ppl, t_quant = _run_one(args, calib, evals, device, args.method, args.qep, progress)
+class _EmbeddedRun:
+    """The embedded model's text windows and float32 perplexity, then one method (``single``) or the
+    comparison table (``compare``)."""
+
+    def __init__(self, args, device: torch.device):
+        from . import models
+
+        self.args, self.device, self.error = args, device, None
+        quick = args.quick
+        self.n_calib = args.calib or (4 if quick else 16)
+        self.calib_len = args.calib_len or (256 if quick else 512)
+        self.n_eval = args.n_eval if args.n_eval is not None else (4 if quick else 16)
+        if quick and args.blocks is None:
+            args.blocks = 2
+        self.progress = (lambda s: None) if args.quiet else (lambda s: print("  " + s, file=sys.stderr, flush=True))
+        self.t_all = time.perf_counter()
+        model, self.tok = _load(device)
+        tokens = models.text_tokens(self.tok)
+        if self.n_eval * 512 + self.n_calib * self.calib_len > tokens.numel():
+            self.error = "calibration and evaluation slices would overlap"
+            return
+        _, self.evals = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=self.n_eval)
+        self.calib, _ = models.split_windows(tokens, seq_len=self.calib_len, n_calib=self.n_calib, n_eval=0)
+        print(f"model: {models.MODEL_NAME}, {len(model.model.layers)} blocks")
+        print(f"machine: {_machine(device)}; device {device}")
+        print(f"text: pydoc_data.topics, {tokens.numel()} tokens; calibration {self.n_calib}x{self.calib_len} = "
+              f"{self.n_calib * self.calib_len} tokens (end of text); evaluation {self.n_eval}x512 = "
+              f"{self.n_eval * 512} tokens (start)")
+        t0 = time.perf_counter()
+        self.ppl_fp = models.perplexity(model, self.evals)
+        print(f"float32 perplexity: {self.ppl_fp:.4f} ({time.perf_counter() - t0:.1f} s)")
+        self.blocks_note = "" if args.blocks is None else f" (first {args.blocks} blocks only; the rest stay float32)"
+        self.mode = "W4A4" if args.act else "W4A16"
+
+    def _run(self, method, qep):
+        return _run_one(self.args, self.calib, self.evals, self.device, method, qep, self.progress)
+
+    def single(self) -> int:
+        a = self.args
+        print(f"quantizing: {_label(a.method, a.qep)}, {a.fmt}, {self.mode}{self.blocks_note}")
+        res, ppl, t_quant = self._run(a.method, a.qep)
         print(res.table())
-        print(f"{_label(args.method, args.qep)} {args.fmt} {mode}: perplexity {ppl_fp:.4f} -> {ppl:.4f}; "
+        print(f"{_label(a.method, a.qep)} {a.fmt} {self.mode}: perplexity {self.ppl_fp:.4f} -> {ppl:.4f}; "
               f"mean relative layer error {res.mean_rel_err():.5f} (vs float32 model {res.mean_rel_err(True):.5f}); "
-              f"quantization {t_quant:.1f} s; total {time.perf_counter() - t_all:.1f} s")
-        if args.out is not None:
+              f"quantization {t_quant:.1f} s; total {time.perf_counter() - self.t_all:.1f} s")
+        if a.out is not None:
             from .checkpoint import save_checkpoint
 
-            meta = dict(res.settings, perplexity_fp32=ppl_fp, perplexity=ppl, eval_tokens=n_eval * 512)
-            save_checkpoint(res.model, args.out, tokenizer=tok, metadata=meta)
-            (args.out / "report.json").write_text(json.dumps(
-                dict(settings=res.settings, perplexity_fp32=ppl_fp, perplexity=ppl, layers=res.as_dicts()),
+            meta = dict(res.settings, perplexity_fp32=self.ppl_fp, perplexity=ppl, eval_tokens=self.n_eval * 512)
+            save_checkpoint(res.model, a.out, tokenizer=self.tok, metadata=meta)
+            (a.out / "report.json").write_text(json.dumps(
+                dict(settings=res.settings, perplexity_fp32=self.ppl_fp, perplexity=ppl, layers=res.as_dicts()),
                 indent=1, default=str))
-            print(f"saved checkpoint to {args.out}")
+            print(f"saved checkpoint to {a.out}")
         return 0
 
-    qep_alpha = 0.5 if args.qep is None else args.qep
-    methods = [(m, q) for m, q in COMPARE if not (m == "mr-gptq" and args.fmt == "int4")]
-    rows = [dict(config="float32", perplexity=ppl_fp, rel_err=0.0, rel_err_fp=0.0, seconds=0.0)]
-    for method, q in methods:
-        alpha = None if q is None else qep_alpha
-        print(f"running {_label(method, alpha)} ...", file=sys.stderr, flush=True)
-        res, ppl, t_quant = _run_one(args, calib, evals, device, method, alpha, progress)
-        if args.table:
-            print(res.table())
-        rows.append(dict(config=_label(method, alpha), perplexity=ppl, rel_err=res.mean_rel_err(),
-                         rel_err_fp=res.mean_rel_err(True), seconds=t_quant))
-        print(f"  {rows[-1]['config']}: perplexity {ppl:.4f}, {t_quant:.1f} s", file=sys.stderr, flush=True)
-    title = f"{args.fmt} {mode}{blocks_note}"
-    table = compare_table(rows, title)
-    print(table)
-    print(f"total {time.perf_counter() - t_all:.1f} s")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.md").write_text(table + "\n")
-        (args.out / "results.json").write_text(json.dumps(dict(
-            format=args.fmt, mode=mode, machine=_machine(device), calibration_tokens=n_calib * calib_len,
-            eval_tokens=n_eval * 512, rows=rows), indent=1))
-    return 0
+    def compare(self) -> int:
+        a = self.args
+        qep_alpha = 0.5 if a.qep is None else a.qep
+        methods = [(m, q) for m, q in COMPARE if not (m == "mr-gptq" and a.fmt == "int4")]
+        rows = [dict(config="float32", perplexity=self.ppl_fp, rel_err=0.0, rel_err_fp=0.0, seconds=0.0)]
+        for method, q in methods:
+            alpha = None if q is None else qep_alpha
+            print(f"running {_label(method, alpha)} ...", file=sys.stderr, flush=True)
+            res, ppl, t_quant = self._run(method, alpha)
+            if a.table:
+                print(res.table())
+            rows.append(dict(config=_label(method, alpha), perplexity=ppl, rel_err=res.mean_rel_err(),
+                             rel_err_fp=res.mean_rel_err(True), seconds=t_quant))
+            print(f"  {rows[-1]['config']}: perplexity {ppl:.4f}, {t_quant:.1f} s", file=sys.stderr, flush=True)
+        table = compare_table(rows, f"{a.fmt} {self.mode}{self.blocks_note}")
+        print(table)
+        print(f"total {time.perf_counter() - self.t_all:.1f} s")
+        if a.out is not None:
+            a.out.mkdir(parents=True, exist_ok=True)
+            (a.out / "results.md").write_text(table + "\n")
+            (a.out / "results.json").write_text(json.dumps(dict(
+                format=a.fmt, mode=self.mode, machine=_machine(self.device),
+                calibration_tokens=self.n_calib * self.calib_len, eval_tokens=self.n_eval * 512, rows=rows), indent=1))
+        return 0
 
 
 def _cli_pretrained(args) -> int:
