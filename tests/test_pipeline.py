@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,18 +284,25 @@ def test_offload_dir_gives_identical_bytes(tmp_path, llama):
     assert _checkpoint_bytes(tmp_path / "a") == _checkpoint_bytes(tmp_path / "b")
 
 
-def test_peak_memory_does_not_grow_with_blocks(tmp_path):
-    """A 24-block model and its 4-block sibling of the same width: the same peak RSS within 15 % (the benchmark
-    benchmarks/pipeline_memory.py holds it to 10 %); loading all 24 blocks would add about 40 %."""
-    peaks = {}
+def test_memory_does_not_grow_with_blocks(tmp_path):
+    """A 24-block model and its 4-block sibling of the same width. What a block leaves behind is measured after
+    each block (resident memory once the block is gone): it must stay flat, where keeping every block would add
+    about 13 MiB per block (some 260 MiB by the last one). The peaks must agree within 25 % (the benchmark
+    benchmarks/pipeline_memory.py measures them against the 10 % target: 4.6 % and 0.8 % there); the loose bound
+    leaves room for the allocator, whose peak within a block varied by up to 170 MiB between runs."""
+    reports = {}
     for layers in (4, 24):
         src = tiny_models.make(tmp_path / f"m{layers}", "llama", layers=layers, hidden=512, inter=1536, heads=8, kv=8)
         r = _cli("--model", src, "--out", tmp_path / f"o{layers}", "--calib-text", src / "calib.txt", "--calib", 2,
                  "--calib-len", 32, "--eval", 0, "--method", "rtn", "--threads", 1, "--quiet")
         assert r.returncode == 0, r.stderr[-2000:]
-        peaks[layers] = max(json.loads((tmp_path / f"o{layers}" / "report.json").read_text())["peak_host_mb_per_rank"])
-    weights_mb = 24 * (4 * 512 * 512 + 3 * 512 * 1536) * 4 / 2**20
-    assert peaks[24] <= 1.15 * peaks[4], (peaks, weights_mb)
+        reports[layers] = json.loads((tmp_path / f"o{layers}" / "report.json").read_text())
+        shutil.rmtree(src)
+    block_mb = (4 * 512 * 512 + 3 * 512 * 1536) * 4 / 2**20
+    after = reports[24]["resident_mb_after_block_per_rank"][0]
+    assert len(after) == 24 and max(after[4:]) - after[3] < 3 * block_mb, after  # flat: not +20 blocks
+    peaks = {k: max(v["peak_host_mb_per_rank"]) for k, v in reports.items()}
+    assert peaks[24] <= 1.25 * peaks[4], peaks
 
 
 # -- bad input ------------------------------------------------------------------------------------------------

@@ -83,6 +83,30 @@ def _out(o):
 
 
 @dataclass
+class _Job:
+    """What every stage of a run needs: the ranks, the device, the method and its options."""
+
+    dist: Dist
+    dev: torch.device
+    method: str
+    fmt: str
+    act: bool
+    qep: float | None
+    qep_layers: Mapping[str, float] | None
+    qep_damp: float
+    opts: dict
+    n_calib: int
+
+    def alpha(self, name: str, experts: bool) -> float:
+        """QEP's α for layer ``name`` (0: off, and always for experts, whose X and X̂ rows do not match)."""
+        if self.qep is None or experts:
+            return 0.0
+        from ..qep import alpha_for
+
+        return alpha_for(name, float(self.qep), self.qep_layers)
+
+
+@dataclass
 class PipelineResult:
     out: Path
     layers: list[LayerReport]
@@ -104,6 +128,15 @@ class PipelineResult:
     def mean_rel_err(self, fp: bool = False) -> float:
         vals = [r.rel_err_fp if fp else r.rel_err for r in self.layers if not math.isnan(r.rel_err_fp if fp else r.rel_err)]
         return sum(vals) / len(vals) if vals else float("nan")
+
+
+def resident_mb() -> float:
+    """Resident memory of this process now (Linux /proc; the peak where that is missing)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_host_mb()
 
 
 def peak_host_mb() -> float:
@@ -165,7 +198,6 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
          act_order, hadamard_block, scale_search, calib_text, eval_text, calib_tokens, n_calib, calib_len, n_eval,
          eval_len, offload_dir, resume, shard_size) -> PipelineResult:
     from ..checkpoint import block_tensors, pipeline_config
-    from ..qep import alpha_for
 
     # Everything a user can get wrong is checked here, before any block is read.
     dist.check_windows(n_calib, "calibration")
@@ -251,6 +283,7 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
 
     opts = dict(damp=damp, act_order=act_order, hadamard_block=hadamard_block, scale_search=scale_search,
                 gptq_dtype=torch.float64)
+    job = _Job(dist, dev, method, fmt, act, qep, qep_layers, qep_damp, opts, n_calib)
     reports: list[LayerReport] = []
     fallback: list[str] = []
     rotations: dict = {}
@@ -258,6 +291,7 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
     act_amaxes: dict = {}
     ignore: list[str] = []
     block_seconds: list[float] = []
+    resident: list[float] = []  # after each block, its memory handed back: flat when nothing accumulates
     n_blocks = len(layers)
     say(f"fp4ref: {src.path} ({src.config.model_type}, {n_blocks} blocks) -> {sink.out}; {method} {fmt}"
         f"{' W4A4' if act else ''}; rank {dist.rank}/{dist.world}; device {dev}") if dist.is_main else None
@@ -281,8 +315,8 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
             q_block = copy.deepcopy(fp_block)
             new_reports, new_fallback = [], []
             for stage in plan.stages:
-                _stage(dist, stage, plan.is_expert_stage(stage), fp_block, q_block, streams, kw_c, dev, b, prefix, method, fmt, act, qep,
-                       qep_layers, qep_damp, opts, n_calib, alpha_for, new_reports, new_fallback)
+                _stage(job, stage, plan.is_expert_stage(stage), fp_block, q_block, streams, kw_c, b, prefix,
+                       new_reports, new_fallback)
             reports += new_reports
             fallback += new_fallback
             tensors, info = block_tensors(q_block, src, prefix, plan)
@@ -300,6 +334,7 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
         del fp_block, q_block
         src.release()
         _trim()
+        resident.append(resident_mb())
         dist.barrier()
         block_seconds.append(time.perf_counter() - t_block)
         if dist.is_main:
@@ -334,7 +369,8 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
     host_peaks = dist.gather([peak_host_mb()])
     seconds = time.perf_counter() - t_start
     report = dict(settings=settings, world_size=dist.world, seconds=seconds, block_seconds=block_seconds,
-                  peak_host_mb_per_rank=host_peaks, peak_device_mb=peak_dev, perplexity_fp=ppl_fp, perplexity=ppl_q,
+                  peak_host_mb_per_rank=host_peaks, resident_mb_after_block_per_rank=dist.gather([resident]),
+                  peak_device_mb=peak_dev, perplexity_fp=ppl_fp, perplexity=ppl_q,
                   eval_windows=list(evals.shape), rtn_fallback=fallback, layers=[asdict(r) for r in reports])
     config = pipeline_config(src.raw_config, fmt=fmt, act=act, linears=shapes, rotations=rotations,
                              act_amax=act_amaxes, settings=settings, ignore=ignore)
@@ -410,11 +446,14 @@ def _final_norm(shell: nn.Module, probes: nn.ModuleList) -> nn.Module:
     return after[0]
 
 
-def _stage(dist: Dist, stage, experts: bool, fp_block, q_block, streams, kw, dev, b, prefix, method, fmt, act, qep, qep_layers,
-           qep_damp, opts, n_calib, alpha_for, reports, fallback) -> None:
-    """Quantizes the groups of one stage (see the module docstring)."""
+def _stage(job: _Job, stage: list[list[str]], experts: bool, fp_block: nn.Module, q_block: nn.Module, streams: dict,
+           kw: dict, b: int, prefix: str, reports: list, fallback: list) -> None:
+    """Quantizes the groups of one stage in ``q_block`` (see the module docstring); appends to ``reports`` and
+    ``fallback`` (experts without tokens)."""
+    dist, dev, method, fmt, act = job.dist, job.dev, job.method, job.fmt, job.act
+    qep_damp, opts, n_calib = job.qep_damp, job.opts, job.n_calib
     names = [n for g in stage for n in g]
-    alphas = {n: (0.0 if (qep is None or experts) else alpha_for(prefix + n, float(qep), qep_layers)) for n in names}
+    alphas = {n: job.alpha(prefix + n, experts) for n in names}
     firsts = [g[0] for g in stage]
     x_hat = _collect(q_block, streams["calib_q"], kw, firsts, dev, stop=not experts)
     # Experts route X and X̂ differently (no matching rows): their X is neither needed for QEP nor the report.
