@@ -239,19 +239,6 @@ def read_checkpoint(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor
     return config, plain, quantized
 
 
-def _unfuse_for(model: torch.nn.Module, quantized: dict) -> None:
-    """MoE: transformers holds experts fused (3-D tensors); the checkpoint has one quantized linear per expert,
-    so each fused experts module whose per-expert names the checkpoint uses becomes ExpertLinears."""
-    from .pipeline.blocks import EXPERT_NAMES, ExpertLinears, _is_fused_experts
-
-    for name, m in list(model.named_modules()):
-        if _is_fused_experts(m):
-            names = next((t for t in EXPERT_NAMES if f"{name}.0.{t[0]}" in quantized), None)
-            if names is not None:
-                parent, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, leaf, ExpertLinears(m, names))
-
-
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu", compute: str = "exact"):
     """Rebuilds the quantized model (needs ``transformers``): its layers become ``fp4ref.nn.FP4Linear`` with the
     stored codes, scales, rotations and activation settings (bit-identical weights). ``compute="exact"`` runs
@@ -259,18 +246,22 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     pipelines' float32 simulation, which reproduces their perplexities bit for bit."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .model import set_module
+
     config, plain, quantized = read_checkpoint(directory)
     meta = config["fp4ref"]
     hf_config = AutoConfig.from_pretrained(directory)
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # ours is applied below, not by transformers
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    _unfuse_for(model, quantized)
+    # MoE: transformers fuses the experts; the checkpoint has one quantized linear per expert and projection.
+    from .pipeline.blocks import unfuse_experts
+
+    unfuse_experts(model, {f"{n}.weight" for n in quantized}, "")
     for name, q in quantized.items():
         new = fp4_linear_from(q, plain.pop(f"{name}.bias", None), meta["rotations"].get(name), meta["act"] is not None,
                               meta.get("act_amax", {}).get(name), compute)
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, new)
+        set_module(model, name, new)
     missing, unexpected = model.load_state_dict(plain, strict=False, assign=True)
     missing = [k for k in missing if not (k == "lm_head.weight" and hf_config.tie_word_embeddings)
                and not any(k.startswith(n + ".") for n in quantized)]

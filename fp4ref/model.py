@@ -201,7 +201,8 @@ def _run_block(block, batches, capture: Iterable[str] = (), stop_after: Iterable
     return (outs if not stop_after else None), inputs
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replaces the submodule ``name`` (dotted) of ``root`` by ``new``."""
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
@@ -316,7 +317,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                         den = den + y_ref.square().sum()
                         err_fp = err_fp + (y_fp - y_q).square().sum()
                         den_fp = den_fp + y_fp.square().sum()
-                    _set_module(block, n, new)
+                    set_module(block, n, new)
                     reports.append(LayerReport(b, n, tuple(W.shape), alpha, loss, _rel(err, den),
                                                _rel(err_fp, den_fp), damp_used, time.perf_counter() - t0))
                 del x_hat
@@ -337,5 +338,5 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                           block_seconds)
 
 
-__all__ = ["quantize_model", "QuantizeResult", "LayerReport", "deployed_linear", "make_grid",
+__all__ = ["quantize_model", "QuantizeResult", "LayerReport", "deployed_linear", "make_grid", "set_module",
            "fake_quantize_activations", "METHODS", "FORMATS", "TRUE_SEQUENTIAL"]

@@ -171,17 +171,23 @@ def check_mx_tensor(q: object, arg: str = "q", *, values: bool = True) -> MXTens
     if k % q.block_size:
         raise ValueError(f"{arg}.shape={tuple(shape)} has {k} elements along axis {q.axis}, not a multiple of "
                          f"{arg}.block_size={q.block_size}")
-    want_data = tuple(moved[:-1] + [k // 2 if f.name == "e2m1" else k])
-    want_scales = tuple(moved[:-1] + [k // q.block_size])
-    if tuple(q.data.shape) != want_data:
-        raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {want_data} for shape "
-                         f"{tuple(shape)}, elem={f.name}, axis={q.axis}")
-    if tuple(q.scales.shape) != want_scales:
-        raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected {want_scales} "
-                         f"(one scale per block of {q.block_size})")
+    check_block_fields(q, arg, moved[:-1], k, f.name == "e2m1",
+                       f" for shape {tuple(shape)}, elem={f.name}, axis={q.axis}")
     if values:
         check_not_meta(q.data, f"{arg}.data")
     return q
+
+
+def check_block_fields(q, arg: str, lead, k: int, packed: bool, context: str = "") -> None:
+    """A block-quantized tensor's ``data`` holds (*lead, k/2) bytes when FP4-packed, else (*lead, k), and its
+    ``scales`` (*lead, k/block_size): the layout MXTensor (blocks moved last) and NVFP4Tensor share."""
+    want_data = tuple(lead) + (k // 2 if packed else k,)
+    want_scales = tuple(lead) + (k // q.block_size,)
+    if tuple(q.data.shape) != want_data:
+        raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {want_data}{context}")
+    if tuple(q.scales.shape) != want_scales:
+        raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected {want_scales} "
+                         f"(one scale per block of {q.block_size})")
 
 
 def check_dequantize_mx_args(q: object, dtype: object) -> MXTensor:

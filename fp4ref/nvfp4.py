@@ -15,7 +15,7 @@ from .codecs import (check_float_dtype, check_not_meta, check_same_device, check
                      magnitude_codes)
 from .formats import E2M1, E4M3
 from .layouts import as_e4m3, as_float4_x2, pack_fp4, unpack_fp4
-from .mx import check_block_args, check_block_size, check_shape
+from .mx import check_block_args, check_block_fields, check_block_size, check_shape
 from .scales import block_amax, f32, finite_amax  # noqa: F401 (public here too)
 
 RECIPES = ("te", "torchao", "modelopt", "compressed-tensors")
@@ -210,11 +210,7 @@ def check_nvfp4_tensor(q: object, arg: str = "q", *, values: bool = True) -> NVF
     if shape[-1] % q.block_size:
         raise ValueError(f"{arg}.shape={shape} has a last dimension that is not a multiple of "
                          f"{arg}.block_size={q.block_size}")
-    if tuple(q.data.shape) != shape[:-1] + (shape[-1] // 2,):
-        raise ValueError(f"{arg}.data has shape {tuple(q.data.shape)}, expected {shape[:-1] + (shape[-1] // 2,)}")
-    if tuple(q.scales.shape) != shape[:-1] + (shape[-1] // q.block_size,):
-        raise ValueError(f"{arg}.scales has shape {tuple(q.scales.shape)}, expected "
-                         f"{shape[:-1] + (shape[-1] // q.block_size,)}")
+    check_block_fields(q, arg, shape[:-1], shape[-1], True)
     if values:
         check_not_meta(q.data, f"{arg}.data")
     return q

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..model import set_module
 from .errors import PipelineError
 
 # On disk, an expert's three projections carry one of these name triples (gate, up, down).
@@ -73,7 +74,7 @@ def unfuse_experts(block: nn.Module, disk_keys: set[str], block_prefix: str) -> 
     for name, m in list(block.named_modules()):
         if not _is_fused_experts(m):
             continue
-        stem = f"{block_prefix}.{name}.0."
+        stem = f"{block_prefix}.{name}.0." if block_prefix else f"{name}.0."
         names = next((t for t in EXPERT_NAMES if all(f"{stem}{n}.weight" in disk_keys for n in t)), None)
         if names is None:
             found = sorted(k[len(stem):] for k in disk_keys if k.startswith(stem))
@@ -81,8 +82,7 @@ def unfuse_experts(block: nn.Module, disk_keys: set[str], block_prefix: str) -> 
                                 f"tree and the checkpoint does not name expert 0's projections {stem}{{gate,up,down}} "
                                 f"as any of {EXPERT_NAMES} (found {found[:6]}); the block's modules: "
                                 f"{[n for n, _ in block.named_modules() if n]}")
-        parent, _, leaf = name.rpartition(".")
-        setattr(block.get_submodule(parent) if parent else block, leaf, ExpertLinears(m, names))
+        set_module(block, name, ExpertLinears(m, names))
 
 
 def build_skeleton(config):

@@ -82,6 +82,15 @@ def windows(*, tokenizer_fn, calib_text=None, eval_text=None, calib_tokens=None,
             n_eval: int, eval_len: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(calibration windows, evaluation windows, a description with content hashes for --resume)."""
     desc: dict = {}
+    cache: list = []
+
+    def embedded() -> torch.Tensor:  # the embedded text's tokens, tokenized once for both window sets
+        if not cache:
+            from .. import models
+
+            cache.append(models.text_tokens(tokenizer_fn()))
+        return cache[0]
+
     shared = calib_text is not None and eval_text is not None and Path(calib_text).resolve() == Path(eval_text).resolve()
     if calib_tokens is not None:
         toks = read_tokens(calib_tokens)
@@ -97,9 +106,7 @@ def windows(*, tokenizer_fn, calib_text=None, eval_text=None, calib_tokens=None,
         calib = cut(toks, n_calib, calib_len, f"--calib-text {calib_text}", from_end=shared)
         desc["calib"] = {"text": str(calib_text)}
     else:
-        from .. import models
-
-        toks = models.text_tokens(tokenizer_fn())
+        toks = embedded()
         if n_calib * calib_len + (n_eval * eval_len if eval_text is None else 0) > toks.numel():
             raise PipelineError(f"the embedded text has {toks.numel()} tokens: too few for {n_calib}x{calib_len} "
                                 f"calibration and {n_eval}x{eval_len} evaluation windows")
@@ -113,9 +120,7 @@ def windows(*, tokenizer_fn, calib_text=None, eval_text=None, calib_tokens=None,
     elif calib_tokens is not None or calib_text is not None:
         raise PipelineError("evaluation needs --eval-text FILE (or --eval 0 to skip it)")
     else:
-        from .. import models
-
-        evals = cut(models.text_tokens(tokenizer_fn()), n_eval, eval_len, "embedded text")
+        evals = cut(embedded(), n_eval, eval_len, "embedded text")
     desc["calib_sha256"] = hashlib.sha256(calib.numpy().tobytes()).hexdigest()
     desc["calib_shape"] = list(calib.shape)
     return calib, evals, desc

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..model import LayerReport, _quantize_layer, _rel, check_settings
-from ..nn import FP4Linear
+from ..grids import make_grid
+from ..model import LayerReport, _quantize_layer, _rel, check_settings, set_module
 from .blocks import (Probe, build_skeleton, find_layers, materialize, plan_block,
                      unfuse_experts)
 from .calib import windows
@@ -33,8 +33,6 @@ from .dist import Dist
 from .errors import PipelineError
 from .sink import Sink
 from .source import Source
-
-GROUP = {"mxfp4": 32, "nvfp4": 16, "int4": 32}
 
 
 class _Stop(Exception):
@@ -245,8 +243,7 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
     log: dict = {}
     shell = copy.deepcopy(skeleton)
     probes = nn.ModuleList([Probe(layers[b], b, log) for b in range(len(layers))])
-    parent, _, leaf = lp.rpartition(".")
-    setattr(shell.get_submodule(parent) if parent else shell, leaf, probes)
+    set_module(shell, lp, probes)
     head_state = _materialize_shell(shell, src, dev)
     final_norm = _final_norm(shell, probes)
 
@@ -304,13 +301,9 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
             tensors, info = sink.read_block(b)
             q_block = _load_block(fp_block, tensors, info, prefix, dev)
             reports += [LayerReport(**r) for r in info["layers"]]
-            fallback += info["rtn_fallback"]
-            rotations.update(info["rotations"])
-            shapes.update(info["shapes"])
-            act_amaxes.update(info["act_amax"])
-            ignore += info["skipped"]
         else:
-            plan = plan_block(fp_block, streams["calib_q"][0].to(dev) if len(mine_c) else None, kw_c, GROUP[fmt],
+            plan = plan_block(fp_block, streams["calib_q"][0].to(dev) if len(mine_c) else None, kw_c,
+                              make_grid(fmt).group_size,
                               f"block {b} ({lp}.{b})")
             q_block = copy.deepcopy(fp_block)
             new_reports, new_fallback = [], []
@@ -318,14 +311,14 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
                 _stage(job, stage, plan.is_expert_stage(stage), fp_block, q_block, streams, kw_c, b, prefix,
                        new_reports, new_fallback)
             reports += new_reports
-            fallback += new_fallback
             tensors, info = block_tensors(q_block, src, prefix, plan)
             info.update(layers=[asdict(r) for r in new_reports], rtn_fallback=new_fallback)
-            rotations.update(info["rotations"])
-            shapes.update(info["shapes"])
-            act_amaxes.update(info["act_amax"])
-            ignore += info["skipped"]
             sink.write_block(b, tensors, info)
+        fallback += info["rtn_fallback"]  # what config.json and the report need of every block, new or resumed
+        rotations.update(info["rotations"])
+        shapes.update(info["shapes"])
+        act_amaxes.update(info["act_amax"])
+        ignore += info["skipped"]
         with torch.no_grad():
             for kind, kwb in (("calib", kw_c), ("eval", kw_e)):
                 for j in range(len(streams[f"{kind}_q"])):
@@ -410,8 +403,7 @@ def _materialize_shell(shell: nn.Module, src: Source, dev) -> dict[str, torch.Te
             except Exception as e:  # an unknown module type that cannot be rebuilt from the config alone
                 raise PipelineError(f"module {name} ({type(m).__name__}) computes buffers {nonpersistent} and cannot "
                                     f"be rebuilt from the config ({e})") from None
-            parent, _, leaf = name.rpartition(".")
-            setattr(shell.get_submodule(parent) if parent else shell, leaf, new.to(dev))
+            set_module(shell, name, new.to(dev))
             continue
         for pname, p in list(m.named_parameters(recurse=False)) + [(n, b) for n, b in m.named_buffers(recurse=False)]:
             full = f"{name}.{pname}" if name else pname
@@ -516,7 +508,8 @@ def _stage(job: _Job, stage: list[list[str]], experts: bool, fp_block: nn.Module
             new, loss, damp_used, secs = dist.share(payload, owners[n])
             new = new.to(dev)
             if act and fmt == "nvfp4":
-                local = max((float(_rot(new, x.to(dev)).abs().amax()) for x in x_hat[g0] if x is not None), default=0.0)
+                local = max((float(new.rotate_input(x.to(dev)).abs().amax()) for x in x_hat[g0] if x is not None),
+                            default=0.0)
                 new.set_act_global_amax(dist.max(local))
             # Report terms per window, summed in window order so they too do not depend on the world size.
             terms = []
@@ -538,7 +531,7 @@ def _stage(job: _Job, stage: list[list[str]], experts: bool, fp_block: nn.Module
             full = prefix + n
             if H is None:
                 fallback.append(full)
-            _set(q_block, n, new)
+            set_module(q_block, n, new)
             reports.append(LayerReport(b, n, (new.out_features, new.in_features), alphas[n], loss,
                                        _rel(torch.tensor(e), torch.tensor(den)),
                                        _rel(torch.tensor(e_fp), torch.tensor(den_fp)), damp_used, secs))
@@ -550,19 +543,10 @@ def _amax_for(W: torch.Tensor, method: str, fmt: str, opts: dict) -> float:
     if method == "mr-gptq":
         from ..hadamard import block_hadamard
 
-        block = opts["hadamard_block"] or GROUP[fmt]
+        block = opts["hadamard_block"] or make_grid(fmt).group_size
         W = block_hadamard(W, block, axis=-1)
     Wf = W.float()
     return float(Wf[torch.isfinite(Wf)].abs().max()) if Wf.numel() else 0.0
-
-
-def _rot(layer: FP4Linear, x: torch.Tensor) -> torch.Tensor:
-    return layer.rotate_input(x)
-
-
-def _set(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
 @torch.no_grad()
@@ -606,7 +590,7 @@ def _load_block(fp_block: nn.Module, tensors: dict, info: dict, prefix: str, dev
     q = copy.deepcopy(fp_block)
     for n in info["linears"]:
         full = prefix + n
-        _set(q, n, quant_linear_from(tensors, full, info, dev))
+        set_module(q, n, quant_linear_from(tensors, full, info, dev))
     return q
 
 

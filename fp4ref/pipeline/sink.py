@@ -24,6 +24,12 @@ RUN_DIR = ".fp4ref-run"
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
           torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
           torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+TORCH_DTYPES = {v: k for k, v in DTYPES.items()}
+
+
+def nbytes(dtype: torch.dtype, shape) -> int:
+    """Bytes of a tensor of ``dtype`` and ``shape`` (as a safetensors file stores it)."""
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
 
 
 def natural_key(name: str):
@@ -105,15 +111,14 @@ class Sink:
         entries: list[tuple[str, object, int]] = []  # (name, where, bytes)
         for name in head:
             t = head[name]
-            entries.append((name, ("head", name, t.dtype, tuple(t.shape)), t.numel() * t.element_size()))
+            entries.append((name, ("head", name, t.dtype, tuple(t.shape)), nbytes(t.dtype, t.shape)))
         for b in range(n_blocks):
             with safe_open(str(self.block_file(b)), framework="pt") as h:
                 for name in h.keys():
                     sl = h.get_slice(name)
-                    dtype = {v: k for k, v in DTYPES.items()}[sl.get_dtype()]
+                    dtype = TORCH_DTYPES[sl.get_dtype()]
                     shape = tuple(sl.get_shape())
-                    entries.append((name, ("block", b, dtype, shape), torch.Size(shape).numel() *
-                                    torch.empty((), dtype=dtype).element_size()))
+                    entries.append((name, ("block", b, dtype, shape), nbytes(dtype, shape)))
         open_block: dict = {}  # one block file mapped at a time, so its pages leave memory with it
         entries.sort(key=lambda e: natural_key(e[0]))
         shards: list[list] = [[]]
@@ -138,9 +143,9 @@ class Sink:
                 return open_block[where[1]].get_tensor(name)
 
             _stream(self.out / fname, [(n, w) for n, w, _ in shard], load)
-            for n, _, nbytes in shard:
+            for n, _, size_n in shard:
                 weight_map[n] = fname
-                total += nbytes
+                total += size_n
         if len(shards) > 1:
             self._write_json(self.out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
         self._write_json(self.out / "config.json", config)
@@ -160,7 +165,7 @@ def _stream(path: Path, items: list[tuple[str, tuple]], load) -> None:
     header, off = {}, 0
     for name, where in items:
         dtype, shape = where[2], where[3]
-        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        n = nbytes(dtype, shape)
         header[name] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [off, off + n]}
         off += n
     header["__metadata__"] = {"format": "pt"}

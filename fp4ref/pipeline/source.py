@@ -37,6 +37,7 @@ class Source:
     def __init__(self, path: str | Path):
         _quiet()
         self._handles: dict = {}
+        self._tokenizer = None
         self.path = Path(path)
         if not self.path.exists():
             raise PipelineError(f"--model {self.path}: no such file or folder")
@@ -150,6 +151,12 @@ class Source:
         self._handles.clear()
 
     def tokenizer(self):
+        """The model's tokenizer, loaded once."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def _load_tokenizer(self):
         from transformers import AutoTokenizer
 
         try:
