@@ -1,7 +1,8 @@
 """CPU build of the kernels' C++ (csrc/arith_cpu.cpp), loaded with ctypes: the numerics proof that runs in CI.
 
-``load()`` compiles arith_cpu.cpp (which includes arith.cuh, tile.cuh and dispatch.cuh, the same code the
-kernels run) with strict IEEE float32 flags into a cache folder, and returns a low-level backend with the
+``load()`` compiles arith_cpu.cpp (which includes arith.cuh, the tile headers, dispatch.cuh and
+gemm_dequant.cuh, the same code the kernels run) with strict IEEE float32 flags into a cache folder, and
+returns a low-level backend with the
 same methods and outputs as ``torch.ops.fp4ref_cuda``; ``fp4ref_cuda._wrappers.Ops`` turns it into the
 public ops. Compiling takes a few seconds and needs only a C++ compiler.
 """
@@ -23,7 +24,8 @@ from ._wrappers import Ops
 from .ids import DTYPE_IDS, MX_ANY, NV_TE
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("arith_cpu.cpp", "arith.cuh", "tile.cuh", "dispatch.cuh", "launch.h", "ids.h")
+# Every header arith_cpu.cpp may include (the tile headers, ptx.cuh, gemm_dequant.cuh, ...): the cache key.
+SOURCES = ("arith_cpu.cpp", *sorted(p.name for p in CSRC.glob("*.cuh")), *sorted(p.name for p in CSRC.glob("*.h")))
 # Strict IEEE binary32: no FMA contraction, no fast-math (x86-64 and aarch64 do float32 in SSE/NEON).
 CXXFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math",
             "-fPIC", "-shared", "-pthread"]  # threads: the emulated warps of the lane-split rotations
@@ -50,6 +52,7 @@ _SIGS = {
     "cpu_decode_e2m1_x2": [_p, _p, _i64],
     "cpu_ids": [_p, _i],
     "cpu_blocked": [_p, _i64, _p, _p],
+    "cpu_gemm_dequant": [_i, _i, _i, _p, _p, _i64, _i64, _p],
 }
 
 

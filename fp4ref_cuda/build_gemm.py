@@ -1,7 +1,10 @@
 """Build configuration of the FP4 GEMM extension modules (called from ``fp4ref_cuda/build.py``).
 
 * ``fp4ref_cuda._gemm_sm90``: dequant-to-bf16 + cuBLAS and the small-M weight-only kernel; SASS for
-  sm_90a plus compute_80 PTX, so the same module also serves any later GPU through the driver's JIT.
+  sm_90a plus compute_80 PTX, so the same module also serves any other sm_80+ GPU (A100, L40, Blackwell)
+  through the driver's JIT. The PTX holds only instructions sm_80 has: csrc/ptx.cuh guards the one newer
+  instruction (cvt.rn.f16x2.e4m3x2, sm_89+) with an exact fallback, and scripts/check_sass.sh assembles
+  the PTX for sm_80.
 * ``fp4ref_cuda._gemm_sm100a`` / ``_gemm_sm120a``: CUTLASS block-scaled FP4 GEMMs, one arch each, built
   only with ``FP4REF_BUILD_CUTLASS=1`` (each takes minutes and ~6 GB of compiler memory); the CUTLASS
   headers come from the ``nvidia-cutlass`` wheel (``cutlass_library/source/include``), never vendored.
@@ -61,6 +64,7 @@ def gemm_extensions() -> list:
             extra_compile_args={
                 "cxx": _cxx_flags(),
                 # No --use_fast_math: the exact dequantization needs float32 subnormals (2^-127, 2^-128).
+                # compute_80 PTX: every instruction of ptx.cuh exists there or falls back (see above).
                 "nvcc": ["-O3", "-gencode=arch=compute_90a,code=sm_90a",
                          "-gencode=arch=compute_80,code=compute_80"],
             },

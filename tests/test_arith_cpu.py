@@ -1,4 +1,5 @@
-"""The kernels' C++ numerics (arith.cuh, tile.cuh, dispatch.cuh) built for CPU, against the reference.
+"""The kernels' C++ numerics (arith.cuh, the tile headers, dispatch.cuh, gemm_dequant.cuh) built for CPU, against the
+reference.
 
 fp4ref_cuda/_cpu.py compiles csrc/arith_cpu.cpp with strict IEEE float32 flags and runs the same tile
 functions and op dispatch the CUDA kernels run, through the same Python wrappers (fp4ref_cuda._wrappers).
@@ -184,6 +185,39 @@ def test_dequantize_nvfp4_every_code_and_byte(ops, gs):
         bits_equal(ops.dequantize_nvfp4(q, dtype), nvfp4.dequantize_nvfp4(q, dtype))
 
 
+def gemm_dequant(low, path, e4m3, block_size, data, scales):
+    """The sm_90 GEMM's dequantization of a (rows, K) operand (csrc/gemm_dequant.cuh), as bf16."""
+    rows, k = data.shape[0], data.shape[1] * 2
+    out = torch.empty(rows, k, dtype=torch.bfloat16)
+    rc = low.lib.cpu_gemm_dequant(path, int(e4m3), block_size, data.contiguous().data_ptr(),
+                                  scales.contiguous().data_ptr(), rows, k, out.data_ptr())
+    assert rc == 0
+    return out
+
+
+def test_gemm_dequant_every_code_and_scale(low):
+    """The FP4 GEMM (gemm_sm90.cu) dequantizes W through gemm_dequant.cuh / arith.cuh: every E2M1 code × every
+    E8M0 byte (0xFF included) and × every E4M3 byte (negative and NaN codes included), on each of the kernels'
+    paths (dequant to bf16; the small-M kernels' two-multiply and one-multiply pairs; the pipelined kernel's
+    E4M3 byte pairs), bit for bit against the reference's dequantizers rounded to bf16 (the GEMM applies no
+    global scale: NVFP4's is 1 here and is folded into alpha)."""
+    data, scales = every_code_every_byte(32)
+    want = mx.dequantize_mx(mx.MXTensor(data, scales, "e2m1", 32, torch.Size([256, 32]), "floor", 1), torch.bfloat16)
+    for path in (0, 1):
+        bits_equal(gemm_dequant(low, path, False, 32, data, scales), want)
+    bits_equal(gemm_dequant(low, 2, False, 32, data[:128], scales[:128]), want[:128])  # scales below 2
+    data, scales = every_code_every_byte(16)
+    q = nvfp4.NVFP4Tensor(data, scales, torch.tensor(1.0), "te", torch.Size([256, 16]), 16)
+    want = nvfp4.dequantize_nvfp4(q, torch.bfloat16)
+    for path in (0, 1):
+        bits_equal(gemm_dequant(low, path, True, 16, data, scales), want)
+    # pairs of adjacent 16-blocks, as the pipelined kernel loads them: rows of 32 elements, two scale bytes
+    bits_equal(gemm_dequant(low, 3, True, 16, data.reshape(128, 16), scales.reshape(128, 2)), want.reshape(128, 32))
+    for path in (0, 1):  # the same bytes in pairs, as the other paths read them
+        bits_equal(gemm_dequant(low, path, True, 16, data.reshape(128, 16), scales.reshape(128, 2)),
+                   want.reshape(128, 32))
+
+
 @pytest.mark.parametrize("blocks", [32, 101])
 def test_dequantize_staged_stores(ops, blocks):
     """The dequantizers store through the warp's stage (store_tile): 32 tiles per emulated warp, the last
@@ -295,7 +329,7 @@ def test_hadamard_quantize(ops, fmt, hb):
 def test_mx_rotation_scale_fold_bounds(low):
     """The fold of the rotation's rscale into the MXFP4 scale, fp32(u * fp32(r * 2^-X)) for
     fp32(fp32(u * r) * 2^-X), gives the same E2M1 code for every u near every grid point, rounding midpoint and
-    subnormal edge wherever the kernels use it (tile.cuh's FOLD_BYTE_MIN..MAX: -123 <= X <= 122), and does not
+    subnormal edge wherever the kernels use it (quant_tiles.cuh's FOLD_BYTE_MIN..MAX: -123 <= X <= 122), and does not
     just outside."""
     n = low.lib.cpu_fold_mismatches
     lo, hi = low.lib.cpu_fold_byte_min(), low.lib.cpu_fold_byte_max()

@@ -1,7 +1,7 @@
 """SASS of the built FP4 GEMM modules (no GPU needed): each contains the tensor-core instruction it exists
-for, and the Blackwell modules contain a cubin for their one arch only. A module that was not built is
-skipped (the CUTLASS ones are built only with FP4REF_BUILD_CUTLASS=1); scripts/check_sass.sh is the same
-check for CI logs."""
+for, the Blackwell modules contain a cubin for their one arch only, and _gemm_sm90's PTX assembles for its
+own target (sm_80: no instruction that target lacks). A module that was not built is skipped (the CUTLASS
+ones are built only with FP4REF_BUILD_CUTLASS=1); scripts/check_sass.sh is the same check for CI logs."""
 from __future__ import annotations
 
 import glob
@@ -58,3 +58,22 @@ def test_module_has_tensor_core_instructions(name, arch, pattern):
     sass = subprocess.run([cuobjdump, "-sass", "-arch", arch, so], capture_output=True, text=True, check=True,
                           env=env).stdout
     assert re.search(pattern, sass), f"no /{pattern}/ in the {arch} SASS of {so}"
+
+
+def test_sm90_ptx_assembles_for_its_target(tmp_path):
+    """_gemm_sm90 ships compute_80 PTX for the GPUs without its sm_90a cubin; the driver's JIT rejects PTX that
+    uses an instruction its .target lacks (cvt.rn.f16x2.e4m3x2 needs sm_89), so ptxas must accept it."""
+    so = _module_file("sm90")
+    if so is None:
+        pytest.skip("fp4ref_cuda._gemm_sm90 not built")
+    cuobjdump, ptxas = _tool("cuobjdump"), _tool("ptxas")
+    if cuobjdump is None or ptxas is None:
+        pytest.skip("needs cuobjdump and ptxas")
+    subprocess.run([cuobjdump, "-xptx", "all", so], cwd=tmp_path, capture_output=True, check=True)
+    ptx = sorted(tmp_path.glob("*.ptx"))
+    assert ptx, f"no PTX in {so}"
+    for f in ptx:
+        target = re.search(r"^\.target (sm_\d+[af]?)", f.read_text(), re.M).group(1)
+        r = subprocess.run([ptxas, f"-arch={target}", "-o", str(tmp_path / "out.cubin"), str(f)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"{f.name} ({target}): {r.stderr[:500]}"

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "ids.h"
+#include "ptx.cuh"
 
 #if defined(__CUDACC__)
 #define FP4_HD __host__ __device__ __forceinline__
@@ -164,15 +165,7 @@ FP4_HD float decode_e2m1_x2(uint32_t code) {
 }
 
 // max(a, b) that returns NaN if either is NaN (max.NaN.f32), for block amax: NaN or Inf flags the block.
-FP4_HD float fmax_nan(float a, float b) {
-#ifdef __CUDA_ARCH__
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  return (a != a) ? a : ((b != b) ? b : fmaxf(a, b));
-#endif
-}
+FP4_HD float fmax_nan(float a, float b) { return ptx::max_nan_f32(a, b); }
 
 // encode_e8m0: e + (m >= 2^22 if e > 0 else m > 2^22) from the float32 bits (SPEC §2).
 FP4_HD uint32_t encode_e8m0(float x, bool saturate) {
@@ -199,7 +192,7 @@ FP4_HD float decode(uint32_t code, const Fmt& f) {
     const float q = u2f((uint32_t)(127 + 1 - f.bias - f.mbits) << 23);
     return u2f(f2u(fmul((float)m, q)) | sign);
   }
-  return u2f(sign | ((e - f.bias + 127) << 23) | (m << (23 - f.mbits)));
+  return u2f(sign | ((mag << (23 - f.mbits)) + ((uint32_t)(127 - f.bias) << 23)));  // (e - bias + 127, m)
 }
 
 FP4_HD float decode_e8m0(uint32_t code) {
@@ -209,6 +202,14 @@ FP4_HD float decode_e8m0(uint32_t code) {
 
 FP4_HD float decode_e2m1(uint32_t code) { return decode(code, make_fmt(E2M1)); }
 FP4_HD float decode_e4m3(uint32_t code) { return decode(code, make_fmt(E4M3)); }
+
+// The block scale of an FP4 operand: E4M3 (NVFP4) or E8M0 (MXFP4), exact.
+FP4_HD float decode_block_scale(uint32_t byte, bool e4m3) { return e4m3 ? decode_e4m3(byte) : decode_e8m0(byte); }
+
+// e2m1(code) * scale, scale = decode_block_scale(byte, e4m3): one IEEE product, exact wherever finite (at
+// most 2 + 4 significant bits, magnitudes 2^-128 up to 1.5 * 2^129), so also a bf16 number. The FP4 GEMM's
+// dequantized element, and NVFP4's before the global scale.
+FP4_HD float fp4_element(uint32_t code, float scale) { return fmul(decode_e2m1(code), scale); }
 
 // ---- 16-bit float conversions (exact to float32; float32 -> 16 bit RNE as torch casts) ---------------
 FP4_HD float bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
@@ -342,7 +343,7 @@ FP4_HD float te_element_scale(uint32_t s_b, float s_dec) {
 
 // dequantize_nvfp4: fp32(fp32(e2m1 * e4m3) * global_scale).
 FP4_HD float nv_dequant(uint32_t code, uint32_t s_b, float global_scale) {
-  return fmul(fmul(decode_e2m1(code), decode_e4m3(s_b)), global_scale);
+  return fmul(fp4_element(code, decode_e4m3(s_b)), global_scale);
 }
 
 // ---- block Hadamard (fp4ref/hadamard.py) ---------------------------------------------------------------

@@ -1,9 +1,10 @@
-// CPU build of fp4ref_cuda's numerics: the dispatch, tile functions and arith.cuh that the kernels run,
-// executed by a plain loop, or by emulated warps where the GPU code needs its warp (the lane-split rotations'
+// CPU build of fp4ref_cuda's numerics: the dispatch, tile functions and arith.cuh that the kernels run, and
+// the sm_90 GEMM's operand decoding (gemm_dequant.cuh), executed by a plain loop, or by emulated warps where the GPU code needs its warp (the lane-split rotations'
 // shuffles, the dequantizers' staged stores). tests/test_arith_cpu.py compiles this file with -ffp-contract=off (strict
 // IEEE float32, no FMA contraction, no fast-math) and calls it through ctypes against the reference.
-#define FP4_WARP_EMU 1  // tile.cuh: warp exchanges and __syncwarp go to warp_emu_exchange / warp_emu_barrier
+#define FP4_WARP_EMU 1  // warp.cuh: warp exchanges and __syncwarp go to warp_emu_exchange / warp_emu_barrier
 #include "dispatch.cuh"
+#include "gemm_dequant.cuh"
 
 #include <condition_variable>
 #include <mutex>
@@ -185,6 +186,57 @@ void cpu_encode_e2m1_sat(const float* x, uint8_t* out, int64_t n) {
 }
 void cpu_decode_e2m1_x2(const uint8_t* codes, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = decode_e2m1_x2(codes[i]);
+}
+
+// The sm_90 FP4 GEMM's dequantization (gemm_dequant.cuh, the functions gemm_sm90.cu calls) of a (rows, K)
+// operand: packed E2M1 (rows, K/2) with scale bytes (rows, K/block_size), into bf16 bits (rows, K). path 0:
+// dequant_fp4_bf16 (dequant_pair_bf16x2); 1: the small-M kernels' two-multiply pairs (fp4_pair with
+// scale_bf16x2); 2: the pipelined kernel's one-multiply pairs (E8M0 bytes < 128 only, e8m0_bf16x2_x2p126);
+// 3: the pipelined NVFP4 kernel's E4M3 byte pairs (block_size 16, e4m3_pair_to_bf16x2 over blocks 2j, 2j+1).
+int cpu_gemm_dequant(int path, int e4m3, int block_size, const uint8_t* packed, const uint8_t* scales, int64_t rows,
+                     int64_t K, uint16_t* out) {
+  const int64_t spr = block_size > 0 ? K / block_size : 0;
+  if (K % 16 != 0 || block_size % 16 != 0 || K % block_size != 0 || (path == 2 && e4m3) ||
+      (path == 3 && (!e4m3 || block_size != 16 || spr % 2 != 0)))
+    return 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t w = 0; w < K / 8; ++w) {  // word w: elements 8w .. 8w + 7, element 8w + j in nibble j
+      uint32_t q;
+      memcpy(&q, packed + r * (K / 2) + 4 * w, 4);
+      const int64_t blk = 8 * w / block_size;
+      const uint32_t byte = scales[r * spr + blk];
+      uint16_t* o = out + r * K + 8 * w;
+      if (path == 0) {
+        const float s = decode_block_scale(byte, e4m3 != 0);
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t v = dequant_pair_bf16x2(q, i, s);
+          o[2 * i] = (uint16_t)v;
+          o[2 * i + 1] = (uint16_t)(v >> 16);
+        }
+        continue;
+      }
+      uint32_t s2;
+      if (path == 1) {
+        s2 = e4m3 ? scale_bf16x2<true>(byte) : scale_bf16x2<false>(byte);
+      } else if (path == 2) {
+        if (byte >= 128) return 2;
+        s2 = e8m0_bf16x2_x2p126(byte);
+      } else {
+        uint32_t s0, s1;
+        e4m3_pair_to_bf16x2(scales[r * spr + (blk & ~int64_t{1})] | (scales[r * spr + (blk | 1)] << 8), s0, s1);
+        s2 = (blk & 1) ? s1 : s0;
+      }
+      const uint32_t pairs[4] = {path == 2 ? fp4_pair<0, true>(q, s2) : fp4_pair<0>(q, s2),
+                                 path == 2 ? fp4_pair<1, true>(q, s2) : fp4_pair<1>(q, s2),
+                                 path == 2 ? fp4_pair<2, true>(q, s2) : fp4_pair<2>(q, s2),
+                                 path == 2 ? fp4_pair<3, true>(q, s2) : fp4_pair<3>(q, s2)};
+      for (int P = 0; P < 4; ++P) {  // pair P: nibbles (3 - P, 7 - P) in its (low, high) halves
+        o[3 - P] = (uint16_t)pairs[P];
+        o[7 - P] = (uint16_t)(pairs[P] >> 16);
+      }
+    }
+  }
+  return 0;
 }
 
 // Mismatches of the quantizers' fast encoders against the generic encode(), over the float32 bit patterns

@@ -1,14 +1,8 @@
-// TORCH_LIBRARY_FRAGMENT(fp4ref_cuda) schemas and argument checks of the FP4 GEMM kernels. Compiled as is,
-// it is the binding of fp4ref_cuda._gemm_sm90 (dequant-to-bf16 + cuBLAS, small-M weight-only kernel);
-// gemm_bindings_sm100a.cpp / gemm_bindings_sm120a.cpp include it with FP4REF_GEMM_CUTLASS and
-// FP4REF_CUTLASS_ARCH defined for the CUTLASS modules. Every check raises a Python ValueError/TypeError
-// before a kernel can touch memory.
-#ifndef FP4REF_GEMM_CUTLASS
-#define FP4REF_GEMM_SM90
-#endif
-#include <Python.h>
-
+// TORCH_LIBRARY_FRAGMENT(fp4ref_cuda) schemas and argument checks of fp4ref_cuda._gemm_sm90: dequant-to-bf16
+// + cuBLAS, and the small-M weight-only kernel (gemm_sm90.cu). Every check raises a Python
+// ValueError/TypeError before a kernel can touch memory.
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContextLight.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,65 +10,15 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <string>
+#include <optional>
 
-#ifdef FP4REF_GEMM_SM90
-#include <ATen/cuda/CUDAContextLight.h>
+#include "gemm_bindings_common.h"
 #include "gemm_sm90.h"
-#endif
-#ifdef FP4REF_GEMM_CUTLASS
-#include "gemm_cutlass.h"
-#endif
-
-#include "errfmt.h"
 #include "ids.h"
 
-#define FP4REF_STR2(x) #x
-#define FP4REF_STR(x) FP4REF_STR2(x)
-
 namespace {
 
-inline std::string N_(long long v) { return fp4ref_fmt::n(v); }
-inline std::string SHAPE_(c10::IntArrayRef s) { return fp4ref_fmt::shape(s); }
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
-  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
-                    " must start at a 16-byte aligned address (got a view with an odd storage offset)");
-}
-
-void check_u8(const at::Tensor& t, const char* name) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(t.element_size() == 1 && s != at::kChar && s != at::kBool, name,
-                   " must hold raw bytes (uint8, or a float4_e2m1fn_x2 / float8 view), got ", s);
-}
-
-void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* na, const char* nb) {
-  TORCH_CHECK_VALUE(a.device() == b.device(), na, " is on ", a.device(), " but ", nb, " is on ", b.device());
-}
-
-// Packed (R, K/2) data and (R, K/block) scales of one FP4 operand; returns K.
-int64_t check_fp4_operand(const at::Tensor& data, const at::Tensor& scales, int64_t block_size, const char* name) {
-  check_cuda(data, name);
-  check_u8(data, name);
-  TORCH_CHECK_VALUE(scales.is_cuda() && scales.is_contiguous(), name, " scales must be a contiguous CUDA tensor");
-  check_u8(scales, name);
-  check_same_device(data, scales, name, "its scales");
-  TORCH_CHECK_VALUE(data.dim() == 2 && scales.dim() == 2, name, " data and scales must be 2-D");
-  TORCH_CHECK_VALUE(block_size > 0 && block_size % 16 == 0, name, " block_size must be a positive multiple of 16, got ",
-                    N_(block_size));
-  const int64_t K = data.size(1) * 2;
-  TORCH_CHECK_VALUE(K % block_size == 0, name, " K = ", N_(K), " must be a multiple of block_size ", N_(block_size));
-  TORCH_CHECK_VALUE(scales.size(0) == data.size(0) && scales.size(1) == K / block_size, name, " scales must be (",
-                    N_(data.size(0)), ", ", N_(K / block_size), "), got ", SHAPE_(scales.sizes()));
-  return K;
-}
-
-}  // namespace
-
-#ifdef FP4REF_GEMM_SM90
-namespace {
+using namespace fp4ref_bind;
 
 int out_kind(at::ScalarType t) {
   switch (t) {
@@ -200,62 +144,5 @@ TORCH_LIBRARY_IMPL(fp4ref_cuda, CUDA, m) {
   m.impl("gemm_bf16_cublas", &bf16_cublas);
   m.impl("gemm_fp4_linear_small", &fp4_linear_small);
 }
-#endif  // FP4REF_GEMM_SM90
 
-#ifdef FP4REF_GEMM_CUTLASS
-namespace {
-
-// a (M, K/2), b (N, K/2) packed E2M1; scales already swizzled (1-D, 128x4 layout); out float32 (M, N).
-at::Tensor cutlass_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
-                        const at::Tensor& b_scales, bool nvfp4, const std::optional<at::Tensor>& alpha) {
-  namespace ns = fp4ref_gemm::FP4REF_CUTLASS_ARCH;
-  check_cuda(a, "a");
-  check_cuda(b, "b");
-  check_cuda(a_scales, "a_scales");
-  check_cuda(b_scales, "b_scales");
-  for (const at::Tensor* t : {&a, &b, &a_scales, &b_scales}) check_u8(*t, "operands and scales");
-  check_same_device(a, b, "a", "b");
-  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "a (M, K/2) and b (N, K/2) must share K");
-  const int64_t M = a.size(0), N = b.size(0), K = a.size(1) * 2, bs = nvfp4 ? 16 : 32;
-  const char* why = ns::cutlass_fp4_unsupported(M, N, K);
-  TORCH_CHECK_VALUE(why == nullptr, "shape (M=", N_(M), ", N=", N_(N), ", K=", N_(K), ") not supported: ", why ? why : "");
-  auto padded = [bs, K](int64_t rows) { return fp4ref::blocked_size(rows, K / bs); };
-  TORCH_CHECK_VALUE(a_scales.numel() == padded(M) && b_scales.numel() == padded(N),
-                    "scales must be swizzled to the 128x4 layout (", N_(padded(M)), " and ", N_(padded(N)), " bytes), got ",
-                    N_(a_scales.numel()), " and ", N_(b_scales.numel()));
-  const float* pa = nullptr;
-  if (alpha.has_value()) {
-    TORCH_CHECK_VALUE(alpha->is_cuda() && alpha->scalar_type() == at::kFloat && alpha->numel() == 1,
-                      "alpha must be a float32 CUDA tensor with one element");
-    pa = alpha->data_ptr<float>();
-  }
-  c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor out = at::empty({M, N}, a.options().dtype(at::kFloat));
-  at::Tensor ws = at::empty({static_cast<int64_t>(ns::cutlass_fp4_workspace(M, N, K, nvfp4)) + 1},
-                            a.options().dtype(at::kByte));
-  const char* err = ns::cutlass_fp4_gemm(a.data_ptr(), a_scales.data_ptr(), b.data_ptr(), b_scales.data_ptr(),
-                                         out.data_ptr<float>(), M, N, K, nvfp4, pa, ws.data_ptr(),
-                                         c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == nullptr, "CUTLASS " FP4REF_STR(FP4REF_CUTLASS_ARCH) " FP4 GEMM failed: ", err ? err : "");
-  return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fp4ref_cuda, m) {
-  m.def("gemm_fp4_cutlass_" FP4REF_STR(FP4REF_CUTLASS_ARCH)
-        "(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, bool nvfp4, Tensor? alpha) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fp4ref_cuda, CUDA, m) {
-  m.impl("gemm_fp4_cutlass_" FP4REF_STR(FP4REF_CUTLASS_ARCH), &cutlass_gemm);
-}
-#endif  // FP4REF_GEMM_CUTLASS
-
-// A plain module object: importing it runs the registrations above.
-#define FP4REF_CAT2(a, b) a##b
-#define FP4REF_CAT(a, b) FP4REF_CAT2(a, b)
-extern "C" PyObject* FP4REF_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
-  static PyModuleDef def = {PyModuleDef_HEAD_INIT, FP4REF_STR(TORCH_EXTENSION_NAME), nullptr, -1, nullptr};
-  return PyModule_Create(&def);
-}
+extern "C" PyObject* PyInit__gemm_sm90(void) { return fp4ref_bind::make_module("_gemm_sm90"); }

@@ -3,6 +3,9 @@
 // (K, N) = our row-major (N, K), D float32 row-major, no C operand, D = alpha · acc. The including .cu
 // defines FP4REF_CUTLASS_ARCH, FP4REF_ARCH_TAG, FP4REF_TILE and FP4REF_CLUSTER before including this file.
 #pragma once
+#ifndef FP4REF_CUTLASS_ARCH
+#error "define FP4REF_CUTLASS_ARCH (sm100a or sm120a) before including gemm_cutlass_impl.cuh"
+#endif
 #include "gemm_cutlass.h"
 
 #include "cutlass/cutlass.h"

@@ -13,40 +13,16 @@
 
 #include <atomic>
 
+#include "gemm_dequant.cuh"
+#include "ptx.cuh"
+
 namespace fp4ref_gemm {
 namespace {
 
-// ---- exact per-element decodes (float32 bits; no FTZ anywhere in this file) ----------------------------
-__device__ __forceinline__ float e2m1_value(uint32_t nib) {
-  const uint32_t e = (nib >> 1) & 3, m = nib & 1;
-  // Normal codes 2^(e-1)·(1 + m/2); the subnormal code (e = 0, m = 1) is 0.5.
-  const uint32_t mag = e ? ((e + 126u) << 23) | (m << 22) : (m ? 0x3F000000u : 0u);
-  return __uint_as_float(mag | ((nib & 8u) << 28));
-}
-
-__device__ __forceinline__ float e8m0_value(uint32_t b) {
-  if (b == 0xFFu) return __uint_as_float(0x7FC00000u);
-  return __uint_as_float(b ? (b << 23) : 0x00400000u);  // byte 0 is the float32 subnormal 2^-127
-}
-
-__device__ __forceinline__ float e4m3_value(uint32_t b) {
-  const uint32_t e = (b >> 3) & 15u, m = b & 7u;
-  float mag;
-  if (e == 15u && m == 7u) mag = __uint_as_float(0x7FC00000u);
-  else if (e == 0u) mag = static_cast<float>(m) * 0.001953125f;  // m · 2^-9, exact
-  else mag = __uint_as_float(((e + 120u) << 23) | (m << 20));
-  return (b & 0x80u) ? -mag : mag;
-}
-
-template <bool E4M3>
-__device__ __forceinline__ float scale_value(uint32_t b) {
-  return E4M3 ? e4m3_value(b) : e8m0_value(b);
-}
-
-__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // exact: both values are bf16 numbers
-  return *reinterpret_cast<uint32_t*>(&v);
-}
+// Every decode of an operand goes through arith.cuh / gemm_dequant.cuh, the functions the CPU build checks
+// on every code x scale byte (tests/test_arith_cpu.py::test_gemm_dequant_every_code_and_scale).
+using fp4ref::decode_block_scale;
+using fp4ref::fp4_pair;
 
 // ---- dequantize to bf16: one thread per 16 elements (8 packed bytes, one block scale) -------------------
 // 32-bit index math (the launcher checks the bounds): 64-bit division is a long software routine.
@@ -60,52 +36,13 @@ __global__ void __launch_bounds__(256) dequant_kernel(const uint2* __restrict__ 
   for (uint32_t c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
     const uint32_t row = c / chunks_per_row, kc = c - row * chunks_per_row;
     const uint2 q = __ldg(data + c);
-    const float s = scale_value<E4M3>(__ldg(scales + row * scales_per_row + kc / chunks_per_block));
+    const float s = decode_block_scale(__ldg(scales + row * scales_per_row + kc / chunks_per_block), E4M3);
     uint32_t o[8];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t word = i < 4 ? q.x : q.y, sh = 8 * (i & 3);
-      o[i] = bf16x2_bits(e2m1_value(word >> sh) * s, e2m1_value(word >> (sh + 4)) * s);
-    }
+    for (int i = 0; i < 8; ++i) o[i] = fp4ref::dequant_pair_bf16x2(i < 4 ? q.x : q.y, i & 3, s);
     out[2 * static_cast<size_t>(c)] = make_uint4(o[0], o[1], o[2], o[3]);
     out[2 * static_cast<size_t>(c) + 1] = make_uint4(o[4], o[5], o[6], o[7]);
   }
-}
-
-// ---- in-register dequantization for the small-M kernel --------------------------------------------------
-// Moving a nibble's sign to bit 15 and its three magnitude bits to bits 8..6 of a bf16 gives exactly
-// e2m1 · 2^-126 (the code 0.5 lands on the bf16 subnormal 2^-127). Pair P of a 32-bit word of 8 nibbles
-// holds nibbles (3-P, 7-P) in its (low, high) halves.
-template <int P>
-__device__ __forceinline__ uint32_t fp4_pair_raw(uint32_t q) {
-  constexpr uint32_t kSign = 0x80008000u, kMag = 0x01C001C0u;
-  if constexpr (P == 0) return (q & kSign) | ((q >> 6) & kMag);
-  if constexpr (P == 1) return ((q << 4) & kSign) | ((q >> 2) & kMag);
-  if constexpr (P == 2) return ((q << 8) & kSign) | ((q << 2) & kMag);
-  return ((q << 12) & kSign) | ((q << 6) & kMag);
-}
-
-__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
-  __nv_bfloat162 r = __hmul2_rn(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-
-// (raw · 2^126) · scale: two exact bf16 multiplies (one would overflow for scales above 2^2); with
-// ONE_MUL, scale2 is already scale · 2^126 and one multiply gives the same exact product.
-template <int P, bool ONE_MUL = false>
-__device__ __forceinline__ uint32_t fp4_pair(uint32_t q, uint32_t scale2) {
-  constexpr uint32_t kTwo126 = 0x7E807E80u;
-  if constexpr (ONE_MUL) return bf16x2_mul(fp4_pair_raw<P>(q), scale2);
-  return bf16x2_mul(bf16x2_mul(fp4_pair_raw<P>(q), kTwo126), scale2);
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 template <typename T>
@@ -180,20 +117,8 @@ __device__ __forceinline__ void convert_scales(const uint32_t (&sbytes)[kRT][2][
           sc[rt][r][1] = sc[rt][r][0];
           continue;
         }
-        const float f = scale_value<E4M3>(sbytes[rt][r][hf]);
-        sc[rt][r][hf] = bf16x2_bits(f, f);
+        sc[rt][r][hf] = fp4ref::scale_bf16x2<E4M3>(sbytes[rt][r][hf]);
       }
-}
-
-// E4M3 byte pairs (low byte: first half) to two bf16x2 (s, s) with the hardware e4m3x2 -> f16x2 conversion
-// (sm_89+): every E4M3 value is an f16 and a bf16 number, so each step is exact (NaN stays NaN).
-__device__ __forceinline__ void e4m3_pair_to_bf16x2(uint32_t two, uint32_t& s0, uint32_t& s1) {
-  uint32_t h2;
-  asm("{\n.reg .b16 t;\ncvt.u16.u32 t, %1;\ncvt.rn.f16x2.e4m3x2 %0, t;\n}" : "=r"(h2) : "r"(two));
-  const float f0 = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xFFFFu)));
-  const float f1 = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 >> 16)));
-  s0 = bf16x2_bits(f0, f0);
-  s1 = bf16x2_bits(f1, f1);
 }
 
 // One chunk: dequantize this lane's W words (wc) with their bf16x2 scales (sc) and multiply by x (xv).
@@ -226,7 +151,8 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[kRT][MT][4], const uint32
           a1 = fp4_pair<2, ONE_MUL>(wc[rt][1][j], s_g8); a3 = fp4_pair<3, ONE_MUL>(wc[rt][1][j], s_g8);
         }
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) mma_bf16(acc[rt][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+        for (int mt = 0; mt < MT; ++mt)
+          fp4ref::ptx::mma_m16n8k16_bf16(acc[rt][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
       }
     }
   }
@@ -354,61 +280,73 @@ struct Pipe {
   static_assert(kWarpBytes >= kRT * MT * 4 * 32 * 4, "the reduction reuses each warp's own slots");
 };
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool full) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(full ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 // The pipelined kernel serves the two standard block sizes (BS = 32: MXFP4, one scale byte per lane, row
 // and chunk; BS = 16: NVFP4, two adjacent bytes, one 16-bit load) and keeps its per-chunk integer work
-// small: base pointers and row strides are set up once per lane, chunk indices are 32-bit.
-template <int MT, bool E4M3, typename OutT, int BS>
-__global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArgs a) {
+// small: base pointers and row strides are set up once per lane (PipeLane), chunk indices are 32-bit.
+// Its steps: PipeLane::issue (cp.async of a chunk into a stage), PipeLane::load_scales (the chunk's scale
+// bytes, straight to registers), PipeLane::read_stage (a landed stage to registers), pipe_chunk (scales to
+// bf16x2, dequantize and multiply).
+template <int MT, int BS>
+struct PipeLane {
   using P = Pipe<MT>;
-  extern __shared__ __align__(16) uint4 smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, p = lane & 3;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const uint32_t nchunks = static_cast<uint32_t>((a.K + kChunk - 1) / kChunk);
-  const uint32_t c_begin = nchunks * warp / kWarps, c_end = nchunks * (warp + 1) / kWarps;
-  const uint32_t k_end = static_cast<uint32_t>(a.K);  // < 2^31 (the launcher checks)
-  uint4* const mine = smem + static_cast<size_t>(warp) * (P::kWarpBytes / 16);  // this warp's slots
-  uint4* const my_slots = mine + lane * P::kPieces;  // stage s at my_slots + s * 32 * kPieces
+  // W, scale and x row i of this lane start at base + i * stride (+ the chunk's offset), rows past N or M
+  // included: they copy nothing (src-size 0 reads nothing, as CUTLASS's zfill relies on) and their scale
+  // loads are predicated off.
+  const uint8_t* wbase;
+  const uint8_t* sbase;
+  const __nv_bfloat16* xbase;
+  const SmallArgs& a;                 // the kernel's parameters (x rows are a.K apart)
+  int64_t wstride, sstride;           // 8 rows of K/2 bytes; 8 rows of K/BS bytes
+  int64_t rows_left;                  // row i (8i below this lane's first) exists iff 8i < rows_left
+  int cols_left;                      // x row mt exists iff 8 mt < cols_left
+  uint4* slots;                       // stage s at slots + s * 32 * kPieces
+  uint32_t c_end, k_end;              // this warp's slice ends at chunk c_end; K < 2^31 (the launcher checks)
+  int p;                              // quad lane: k in [32p, 32p + 32) of each chunk
 
-  // Lane constants: the W, scale and x addresses of row i of this lane are base + i * stride (+ the chunk
-  // offset), rows past N or M included: they copy nothing (src-size 0 reads nothing, as CUTLASS's zfill
-  // relies on) and their scale loads are predicated off.
-  const int64_t wstride = 4 * a.K, sstride = 8 * (a.K / BS);  // 8 rows of K/2 bytes; 8 rows of K/BS bytes
-  const uint8_t* const wbase = a.w + (n0 + g) * (a.K / 2) + 16 * p;
-  const uint8_t* const sbase = a.ws + (n0 + g) * (a.K / BS) + (BS == 32 ? p : 2 * p);
-  const __nv_bfloat16* const xbase = a.x + static_cast<int64_t>(g) * a.K + 32 * p;
-  const int64_t rows_left = a.N - (n0 + g);  // row i (8i below this lane's first) exists iff 8i < rows_left
-  const int cols_left = a.M - g;
-  // Copies chunk c into a stage (nothing past this warp's slice); always commits a group, empty or not,
-  // so that "all but the newest kStages - 1 groups are complete" always means "chunk c has landed".
-  auto issue = [&](uint32_t c, int stage) {
+  __device__ __forceinline__ PipeLane(const SmallArgs& args, int64_t n0, uint4* smem, uint32_t c_end_) : a(args) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+    p = lane & 3;
+    wstride = 4 * a.K;
+    sstride = 8 * (a.K / BS);
+    wbase = a.w + (n0 + g) * (a.K / 2) + 16 * p;
+    sbase = a.ws + (n0 + g) * (a.K / BS) + (BS == 32 ? p : 2 * p);
+    xbase = a.x + static_cast<int64_t>(g) * a.K + 32 * p;
+    rows_left = a.N - (n0 + g);
+    cols_left = a.M - g;
+    slots = smem + static_cast<size_t>(warp) * (P::kWarpBytes / 16) + lane * P::kPieces;
+    c_end = c_end_;
+    k_end = static_cast<uint32_t>(a.K);
+  }
+
+  __device__ __forceinline__ bool chunk_valid(uint32_t c) const {
+    return c * kChunk + 32 * p < k_end;  // K % 32 == 0: all 32 elements of the lane in, or all out
+  }
+
+  // Copies chunk c into `stage` (nothing past this warp's slice); always commits a group, empty or not, so
+  // that "all but the newest kStages - 1 groups are complete" always means "chunk c has landed".
+  __device__ __forceinline__ void issue(uint32_t c, int stage) const {
     if (c < c_end) {
-      const bool valid = c * kChunk + 32 * p < k_end;  // K % 32 == 0: all 32 elements in, or all out
-      uint4* d = my_slots + stage * 32 * P::kPieces;
+      const bool valid = chunk_valid(c);
+      uint4* d = slots + stage * 32 * P::kPieces;
       const uint8_t* w = wbase + c * (kChunk / 2);
 #pragma unroll
-      for (int i = 0; i < kRT * 2; ++i) cp_async16(d + i, w + i * wstride, valid && 8 * i < rows_left);
+      for (int i = 0; i < kRT * 2; ++i)
+        fp4ref::ptx::cp_async_cg16(d + i, w + i * wstride, valid && 8 * i < rows_left);
       const __nv_bfloat16* x = xbase + c * kChunk;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          cp_async16(d + kRT * 2 + mt * 4 + j, x + static_cast<int64_t>(8 * mt) * a.K + 8 * j,
-                     valid && 8 * mt < cols_left);
+          fp4ref::ptx::cp_async_cg16(d + kRT * 2 + mt * 4 + j, x + static_cast<int64_t>(8 * mt) * a.K + 8 * j,
+                                     valid && 8 * mt < cols_left);
     }
-    cp_async_commit();
-  };
+    fp4ref::ptx::cp_async_commit();
+  }
+
   // Scale bytes of chunk c: one per row for BS = 32, two adjacent ones (one 16-bit load) for BS = 16; a
   // missing row or chunk reads as byte 0 (finite in both formats; its elements are zero-filled).
-  auto scales = [&](uint32_t c, uint32_t (&sb)[kRT][2]) {
-    const bool valid = c < c_end && c * kChunk + 32 * p < k_end;
+  __device__ __forceinline__ void load_scales(uint32_t c, uint32_t (&sb)[kRT][2]) const {
+    const bool valid = c < c_end && chunk_valid(c);
     const uint8_t* sp = sbase + c * (kChunk / BS);
 #pragma unroll
     for (int i = 0; i < kRT * 2; ++i) {
@@ -416,45 +354,11 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
       if constexpr (BS == 32) sb[i / 2][i % 2] = ok ? __ldg(sp + i * sstride) : 0u;
       else sb[i / 2][i % 2] = ok ? __ldg(reinterpret_cast<const uint16_t*>(sp + i * sstride)) : 0u;
     }
-  };
-  auto to_bf16x2 = [&](const uint32_t (&sb)[kRT][2], uint32_t (&sc)[kRT][2][2]) {
-    if constexpr (BS == 16 && E4M3) {
-#pragma unroll
-      for (int rt = 0; rt < kRT; ++rt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) e4m3_pair_to_bf16x2(sb[rt][r], sc[rt][r][0], sc[rt][r][1]);
-    } else {
-      uint32_t bytes[kRT][2][2];
-#pragma unroll
-      for (int rt = 0; rt < kRT; ++rt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          bytes[rt][r][0] = BS == 32 ? sb[rt][r] : sb[rt][r] & 0xFFu;
-          bytes[rt][r][1] = BS == 32 ? sb[rt][r] : sb[rt][r] >> 8;
-        }
-      convert_scales<E4M3, BS == 32>(bytes, sc);
-    }
-  };
+  }
 
-  float acc[kRT][MT][4];
-  zero_acc<MT>(acc);
-#pragma unroll
-  for (int s = 0; s < P::kStages - 1; ++s) issue(c_begin + s, s);
-  uint32_t sb[kRT][2];
-  scales(c_begin, sb);
-
-  int stage = 0;
-  for (uint32_t c = c_begin; c < c_end; ++c) {
-    issue(c + P::kStages - 1, stage == 0 ? P::kStages - 1 : stage - 1);  // the stage read last iteration
-    uint32_t sb_cur[kRT][2];
-#pragma unroll
-    for (int rt = 0; rt < kRT; ++rt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) sb_cur[rt][r] = sb[rt][r];
-    scales(c + 1, sb);
-    cp_async_wait<P::kStages - 1>();
-    const uint4* d = my_slots + stage * 32 * P::kPieces;
-    uint32_t wc[kRT][2][4];
+  // A landed stage's W words and x vectors, to registers.
+  __device__ __forceinline__ void read_stage(int stage, uint32_t (&wc)[kRT][2][4], uint4 (&xv)[MT][4]) const {
+    const uint4* d = slots + stage * 32 * P::kPieces;
 #pragma unroll
     for (int rt = 0; rt < kRT; ++rt)
 #pragma unroll
@@ -462,42 +366,96 @@ __global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArg
         const uint4 v = d[rt * 2 + r];
         wc[rt][r][0] = v.x; wc[rt][r][1] = v.y; wc[rt][r][2] = v.z; wc[rt][r][3] = v.w;
       }
-    uint4 xv[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < 4; ++j) xv[mt][j] = d[kRT * 2 + mt * 4 + j];
-    if constexpr (!E4M3 && BS == 32) {
-      // E8M0 bytes below 128 (scales below 2, as for any weight with |w| < 8 per block): scale * 2^126 is a
-      // finite bf16, and one multiply per pair suffices. Warp-uniform, so the branch does not diverge.
-      bool small = true;
+  }
+};
+
+// The scale bytes of a chunk (PipeLane::load_scales) as bf16x2 (s, s) per 16-wide half: E4M3 pairs through
+// the hardware e4m3x2 conversion, everything else through scale_bf16x2.
+template <bool E4M3, int BS>
+__device__ __forceinline__ void pipe_scales_bf16x2(const uint32_t (&sb)[kRT][2], uint32_t (&sc)[kRT][2][2]) {
+  if constexpr (BS == 16 && E4M3) {
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) fp4ref::e4m3_pair_to_bf16x2(sb[rt][r], sc[rt][r][0], sc[rt][r][1]);
+  } else {
+    uint32_t bytes[kRT][2][2];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        bytes[rt][r][0] = BS == 32 ? sb[rt][r] : sb[rt][r] & 0xFFu;
+        bytes[rt][r][1] = BS == 32 ? sb[rt][r] : sb[rt][r] >> 8;
+      }
+    convert_scales<E4M3, BS == 32>(bytes, sc);
+  }
+}
+
+// One chunk of the pipelined kernel: its scales to bf16x2, then dequantize and multiply (mma_chunk).
+template <int MT, bool E4M3, int BS>
+__device__ __forceinline__ void pipe_chunk(float (&acc)[kRT][MT][4], const uint32_t (&wc)[kRT][2][4],
+                                           const uint4 (&xv)[MT][4], const uint32_t (&sb)[kRT][2]) {
+  if constexpr (!E4M3 && BS == 32) {
+    // E8M0 bytes below 128 (scales below 2, as for any weight with |w| < 8 per block): scale * 2^126 is a
+    // finite bf16, and one multiply per pair suffices. Warp-uniform, so the branch does not diverge.
+    bool small = true;
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) small = small && sb[rt][r] < 128u;
+    if (__all_sync(0xFFFFFFFFu, small)) {
+      uint32_t s126[kRT][2][2];
 #pragma unroll
       for (int rt = 0; rt < kRT; ++rt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) small = small && sb_cur[rt][r] < 128u;
-      if (__all_sync(0xFFFFFFFFu, small)) {
-        uint32_t s126[kRT][2][2];
-#pragma unroll
-        for (int rt = 0; rt < kRT; ++rt)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const float f = __uint_as_float(sb_cur[rt][r] ? (sb_cur[rt][r] + 126u) << 23 : 0x3F000000u);  // 2^(b-1)
-            s126[rt][r][0] = s126[rt][r][1] = bf16x2_bits(f, f);
-          }
-        mma_chunk<MT, true>(acc, wc, s126, xv);
-      } else {
-        uint32_t sc[kRT][2][2];  // the two-multiply scales: converted only on this, the rarer branch
-        to_bf16x2(sb_cur, sc);
-        mma_chunk<MT>(acc, wc, sc, xv);
-      }
-    } else {
-      uint32_t sc[kRT][2][2];
-      to_bf16x2(sb_cur, sc);
-      mma_chunk<MT>(acc, wc, sc, xv);
+        for (int r = 0; r < 2; ++r) s126[rt][r][0] = s126[rt][r][1] = fp4ref::e8m0_bf16x2_x2p126(sb[rt][r]);
+      mma_chunk<MT, true>(acc, wc, s126, xv);
+      return;
     }
+  }
+  uint32_t sc[kRT][2][2];  // the two-multiply scales (for MXFP4 only on the rarer branch above)
+  pipe_scales_bf16x2<E4M3, BS>(sb, sc);
+  mma_chunk<MT>(acc, wc, sc, xv);
+}
+
+template <int MT, bool E4M3, typename OutT, int BS>
+__global__ void __launch_bounds__(kWarps * 32) linear_pipe_kernel(const SmallArgs a) {
+  using P = Pipe<MT>;
+  extern __shared__ __align__(16) uint4 smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const uint32_t nchunks = static_cast<uint32_t>((a.K + kChunk - 1) / kChunk);
+  const uint32_t c_begin = nchunks * warp / kWarps, c_end = nchunks * (warp + 1) / kWarps;
+  const PipeLane<MT, BS> lane(a, n0, smem, c_end);
+
+  float acc[kRT][MT][4];
+  zero_acc<MT>(acc);
+#pragma unroll
+  for (int s = 0; s < P::kStages - 1; ++s) lane.issue(c_begin + s, s);
+  uint32_t sb[kRT][2];
+  lane.load_scales(c_begin, sb);
+
+  int stage = 0;
+  for (uint32_t c = c_begin; c < c_end; ++c) {
+    lane.issue(c + P::kStages - 1, stage == 0 ? P::kStages - 1 : stage - 1);  // the stage read last iteration
+    uint32_t sb_cur[kRT][2];
+#pragma unroll
+    for (int rt = 0; rt < kRT; ++rt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) sb_cur[rt][r] = sb[rt][r];
+    lane.load_scales(c + 1, sb);  // one chunk ahead, into registers
+    fp4ref::ptx::cp_async_wait<P::kStages - 1>();
+    uint32_t wc[kRT][2][4];
+    uint4 xv[MT][4];
+    lane.read_stage(stage, wc, xv);
+    pipe_chunk<MT, E4M3, BS>(acc, wc, xv, sb_cur);
     stage = stage + 1 == P::kStages ? 0 : stage + 1;
   }
-  cp_async_wait<0>();
+  fp4ref::ptx::cp_async_wait<0>();
   reduce_store<MT, OutT>(acc, reinterpret_cast<float*>(smem), P::kWarpBytes / 4, a, n0);
 }
 
