@@ -16,8 +16,8 @@ USAGE = "usage: fp4ref {vectors OUT | verify FILE | quantize [...] | demo} [--he
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
-        "vectors": "fp4ref.vectors:cli_vectors",
-        "verify": "fp4ref.vectors:cli_verify",
+        "vectors": "fp4ref.vectors.cli:cli_vectors",
+        "verify": "fp4ref.vectors.cli:cli_verify",
         "quantize": "fp4ref.model_cli:cli_quantize",
         "demo": "fp4ref.cli:cli_demo",
     }
@@ -55,7 +55,7 @@ def cli_demo(argv: list[str]) -> int:
     args = parse(ap, argv)
     if isinstance(args, int):
         return args
-    from .vectors import cli_demo as vectors_demo
+    from .vectors.cli import cli_demo as vectors_demo
 
     rc = vectors_demo(["--out", args.out] + (["--force"] if args.force else []), prog="fp4ref demo")
     if args.no_model or rc == 2:

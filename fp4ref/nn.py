@@ -40,13 +40,6 @@ def _ops_module():
     return ops
 
 
-@functools.cache
-def _cuda_gemm():
-    import fp4ref_cuda.gemm
-
-    return fp4ref_cuda.gemm
-
-
 def _quantize(x: torch.Tensor, fmt: str, block_size: int, scale_mode: str, recipe: str,
               global_amax: torch.Tensor | None = None):
     if fmt == "mxfp4":
@@ -139,7 +132,7 @@ class FP4Linear(nn.Module):
         self.register_buffer("act_global_amax", None)
         if act_global_amax is not None:
             self.set_act_global_amax(act_global_amax)
-        self._cuda_weight: tuple | None = None  # (key, fp4ref_cuda PreparedWeight), see _prepared_weight
+        self._prepared: tuple | None = None  # (key, fp4ref.ops.PreparedFP4Weight), see _prepared_weight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str | None = "mxfp4", *, block_size: int | None = None,
@@ -282,21 +275,20 @@ class FP4Linear(nn.Module):
         return _op("block_hadamard")(x, self.rotation, signs=self.rotation_signs)
 
     def _prepared_weight(self, x: torch.Tensor):
-        """The CUDA GEMM's view of the weight (fp4ref_cuda.gemm.PreparedWeight) for a bf16 CUDA input, made
-        and checked once per version of the weight buffers and bias, or None where that path does not apply.
+        """The weight as ``fp4ref.ops.prepare_fp4_weight`` prepares it (checked, and on a GPU the CUDA GEMM's
+        views of it), made once per version of the weight buffers; None inside a traced graph (no storage
+        addresses there: it keeps the op path).
 
         The key holds each buffer's storage address and in-place version counter, so ``load_quantized``,
         ``load_state_dict`` and ``.to(device)`` all invalidate it.
         """
-        if x.dtype != torch.bfloat16 or _ops_module().backend(x) != "cuda" or torch.compiler.is_compiling():
-            return None  # (a traced graph has no storage addresses; it keeps the op path)
+        if torch.compiler.is_compiling() or x.device.type == "meta":
+            return None  # (meta: the op path's checks answer)
         bufs = (self.weight_packed, self.weight_scale, self.weight_global_scale)
-        key = tuple((b.data_ptr(), b._version) for b in bufs if b is not None) + (id(self.bias), x.device)
-        cached = getattr(self, "_cuda_weight", None)  # (absent on modules pickled before it existed)
+        key = tuple((b.data_ptr(), b._version) for b in bufs if b is not None)
+        cached = getattr(self, "_prepared", None)  # (absent on modules pickled before it existed)
         if cached is None or cached[0] != key:
-            wq = self.weight_quantized
-            gemm.check_linear_args(x, wq, self.bias)  # what fp4ref.ops.fp4_linear checks, once per version
-            cached = self._cuda_weight = (key, _cuda_gemm().prepare_weight(wq))
+            cached = self._prepared = (key, _ops_module().prepare_fp4_weight(self.weight_quantized))
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,13 +305,10 @@ class FP4Linear(nn.Module):
             return (y if self.bias is None else y + self.bias.to(y.dtype)).to(x.dtype)
         if not self.quantize_activations:
             pw = self._prepared_weight(xr)
-            if pw is not None:  # bf16 on a GPU (x's dtype, so no cast back)
-                y = _cuda_gemm().linear_prepared(xr, pw, self.bias)
-                if y is not NotImplemented:
-                    return y
+            y = (_op("fp4_linear")(xr, self.weight_quantized, self.bias) if pw is None
+                 else _ops_module().fp4_linear_prepared(xr, pw, self.bias))
+            return y if y.dtype == x.dtype else y.to(x.dtype)
         wq = self.weight_quantized
-        if not self.quantize_activations:
-            return _op("fp4_linear")(xr, wq, self.bias).to(x.dtype)
         x2 = xr.reshape(-1, self.in_features)
         xq = _quantize(x2.float() if x2.dtype == torch.float64 else x2, self.fmt, self.block_size,
                        self.scale_mode, self.recipe, self.act_global_amax)

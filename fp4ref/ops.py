@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from . import codecs, layouts, mx, nvfp4
-from .codecs import check_bool, check_decode_args, check_encode_args, check_uint8_tensor
+from .codecs import check_bool, check_decode_args, check_encode_args, check_same_device, check_uint8_tensor
 from .layouts import check_unswizzle_args
-from .mx import MXTensor, check_dequantize_mx_args, check_mx_args
-from .nvfp4 import NVFP4Tensor, check_dequantize_nvfp4_args, check_nvfp4_args
+from .mx import MXTensor, check_dequantize_mx_args, check_mx_args, check_mx_tensor
+from .nvfp4 import NVFP4Tensor, check_dequantize_nvfp4_args, check_nvfp4_args, check_nvfp4_tensor
 
 __all__ = [
     "backend", "encode", "decode", "pack_fp4", "unpack_fp4", "swizzle_scales", "unswizzle_scales",
     "quantize_mx", "dequantize_mx", "quantize_nvfp4", "dequantize_nvfp4", "MXTensor", "NVFP4Tensor",
     "block_hadamard", "hadamard_matrix", "rotate_weight", "hadamard_quantize", "fp4_mm", "fp4_linear",
+    "PreparedFP4Weight", "prepare_fp4_weight", "fp4_linear_prepared",
 ]
 
 
@@ -193,6 +195,134 @@ def fp4_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Te
     from . import gemm
 
     return _dispatch("fp4_linear", gemm.fp4_linear, lambda: gemm.check_linear_args(x, w, bias), w, x, w, bias)
+
+
+# --- §8 GEMM with a weight prepared once (FP4Linear's decode path) ----------------------------------------
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # fp4ref.gemm.OUT_DTYPES
+
+
+def _backend_fn(name: str) -> Callable | None:
+    """The CUDA backend's function ``name``: ``fp4ref_cuda.<name>``, else ``fp4ref_cuda.gemm.<name>`` (the GEMM
+    module, which need not re-export it), else None."""
+    mod = _cuda_module()
+    if mod is None:
+        return None
+    fn = getattr(mod, name, None)
+    return fn if fn is not None else getattr(getattr(mod, "gemm", None), name, None)
+
+
+def check_fp4_weight(w: object, arg: str = "w") -> str:
+    """An FP4 weight (N, K) as the FP4 GEMMs take it: an MXTensor (elem 'e2m1', blocked along its last
+    dimension) or an NVFP4Tensor, 2-D and valid in itself; returns ``"mx"`` or ``"nvfp4"``. TypeError or
+    ValueError naming ``arg`` otherwise (the weight checks of ``fp4ref.gemm.check_linear_args``)."""
+    kind = {MXTensor: "mx", NVFP4Tensor: "nvfp4"}.get(type(w))
+    if kind is None:
+        raise TypeError(f"{arg} must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
+    if kind == "mx":
+        check_mx_tensor(w, arg)
+        if w.elem != "e2m1" or w.axis % len(w.shape) != len(w.shape) - 1:
+            raise ValueError(f"{arg} must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
+                             f"elem={w.elem!r}, axis={w.axis}")
+    else:
+        check_nvfp4_tensor(w, arg)
+    if len(w.shape) != 2:
+        raise ValueError(f"{arg} must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
+    return kind
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedFP4Weight:
+    """An FP4 weight W (N, K), checked once and made ready for repeated ``fp4_linear_prepared`` calls.
+
+    ``weight`` is W itself (an MXTensor or NVFP4Tensor; it shares W's storage, so W's bytes are not copied and
+    a change to them in place is seen, though prepare again after one: ``native`` may hold views or values
+    derived from them). ``native`` is the CUDA backend's own form of W (``fp4ref_cuda.gemm.PreparedWeight``:
+    byte views of data and scales, the NVFP4 global scale as a device tensor, the stretch divisor) when
+    fp4ref_cuda serves W, else None: the reference serves every call; ``run`` the backend's GEMM on it.
+    """
+
+    weight: MXTensor | NVFP4Tensor
+    native: Any = None
+    run: Callable | None = None  # the backend's GEMM on ``native`` (fp4ref_cuda.gemm.linear_prepared)
+    n: int = field(init=False)  # out_features
+    k: int = field(init=False)  # in_features
+    device: torch.device = field(init=False)
+
+    def __post_init__(self) -> None:
+        n, k = self.weight.shape
+        for name, v in (("n", n), ("k", k), ("device", self.weight.data.device)):
+            object.__setattr__(self, name, v)
+
+    @property
+    def shape(self) -> torch.Size:
+        """W's shape (N, K)."""
+        return self.weight.shape
+
+    @property
+    def backend(self) -> str:
+        """``"cuda"`` if fp4ref_cuda's kernels take W (for bf16 inputs), else ``"reference"``."""
+        return "reference" if self.native is None else "cuda"
+
+
+def prepare_fp4_weight(w: MXTensor | NVFP4Tensor) -> PreparedFP4Weight:
+    """Check the FP4 weight ``w`` (N, K) once and prepare it for ``fp4_linear_prepared``.
+
+    No arithmetic happens here: ``fp4_linear_prepared(x, prepare_fp4_weight(w), bias)`` is
+    ``fp4_linear(x, w, bias)``, ``y = x · deq(w)ᵀ (+ bias)``, with the same bits on every backend. What is made
+    once is what every call would otherwise redo: ``w``'s validation and, for a CUDA weight that fp4ref_cuda
+    serves, the backend's views of it (``fp4ref_cuda.gemm.prepare_weight``). Prepare again after changing
+    ``w``'s tensors. TypeError/ValueError naming ``w`` if it is not an MXFP4 (e2m1, blocked along K) or NVFP4
+    2-D weight, valid in itself.
+    """
+    check_fp4_weight(w, "w")
+    if backend(w) != "cuda" or torch.compiler.is_compiling():  # (a traced graph keeps the op path)
+        return PreparedFP4Weight(w)
+    prepare, run = _backend_fn("prepare_weight"), _backend_fn("linear_prepared")
+    native = None if prepare is None or run is None else prepare(w)  # None: the kernels do not take w
+    return PreparedFP4Weight(w) if native is None else PreparedFP4Weight(w, native, run)
+
+
+def _check_prepared_args(x: object, pw: PreparedFP4Weight, bias: object) -> None:
+    """The per-call checks of ``fp4_linear_prepared`` (the weight was checked when prepared): x a float tensor
+    (..., K) on the weight's device, bias None or a float tensor (N,) on that device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != pw.k:
+        raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(pw.weight.shape)}; "
+                         f"fp4_linear computes x @ wᵀ")
+    if x.device != pw.device:
+        raise ValueError(f"x is on {x.device} and w is on {pw.device}: x and w must be on one device")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+            raise TypeError(f"bias must be a floating-point tensor or None, got {getattr(bias, 'dtype', type(bias))}")
+        if bias.shape != (pw.n,):
+            raise ValueError(f"bias must have shape ({pw.n},), got {tuple(bias.shape)}")
+        if bias.device != x.device:
+            check_same_device({"x": x, "bias": bias}, "fp4_linear's arguments")
+
+
+def fp4_linear_prepared(x: torch.Tensor, pw: PreparedFP4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x · deq(W)ᵀ (+ bias)`` for a weight W prepared by ``prepare_fp4_weight``: ``fp4_linear(x, W, bias)``.
+
+    ``y[..., n] = Σ_k x[..., k] · deq(W)[n, k] (+ bias[n])``, with ``deq(W)[n, k] = decode(code) · scale``
+    (NVFP4: times the global scale). Bit for bit what ``fp4_linear(x, W, bias)`` returns on the same device:
+    the reference GEMM of SPEC §8 (float64, rounded once to x's dtype) on the CPU and wherever the backend
+    declines; fp4ref_cuda's FP4 GEMM for bf16 CUDA inputs (bf16 out), without re-checking or re-viewing W.
+    Checks per call: x a float32/bfloat16/float16/float64 tensor (..., K) on W's device, ``bias`` None or a
+    float tensor (N,) there (TypeError/ValueError naming the argument); ``pw`` must come from
+    ``prepare_fp4_weight`` (TypeError).
+    """
+    if not isinstance(pw, PreparedFP4Weight):
+        raise TypeError(f"pw must be a PreparedFP4Weight (from fp4ref.ops.prepare_fp4_weight), got "
+                        f"{type(pw).__name__}")
+    _check_prepared_args(x, pw, bias)
+    if pw.run is not None and os.environ.get("FP4REF_BACKEND", "") != "reference":  # (x is on W's device)
+        y = pw.run(x, pw.native, bias)
+        if y is not NotImplemented:
+            return y
+    return fp4_linear(x, pw.weight, bias)
 
 
 for _f, _ref in ((encode, codecs.encode), (decode, codecs.decode), (pack_fp4, layouts.pack_fp4),

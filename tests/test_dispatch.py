@@ -104,3 +104,51 @@ def test_the_strict_dispatch_can_fail(device):
     and the strict dispatch reports it."""
     with pytest.raises(FellBack, match="block_hadamard"):
         fops.block_hadamard(_x((2, 64), torch.float64, device), 32)
+
+
+def test_prepared_fp4_linear_runs_on_the_kernels(device, monkeypatch):
+    """``prepare_fp4_weight`` / ``fp4_linear_prepared`` (FP4Linear's path): bf16 inputs with MXFP4 (floor and
+    stretch) and NVFP4 weights, small-M and cuBLAS batch sizes, bias or not, are served by fp4ref_cuda's
+    prepared GEMM, never by the reference. The GEMM kernels run only on a GPU: with the CPU build, the GEMM
+    module's Python (fp4ref_cuda.gemm) runs with its kernels stubbed, so only the dispatch is checked there."""
+    import fp4ref_cuda
+    import fp4ref_cuda.gemm as cg
+    from fp4ref.mx import quantize_mx
+    from fp4ref.nvfp4 import quantize_nvfp4
+
+    if device.type == "cpu":
+        class Stub:
+            def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
+                return torch.zeros(x.shape[0], w.shape[0], dtype=out_dtype)
+
+            def gemm_dequant_bf16(self, data, scales, block_size, e4m3):
+                return torch.zeros(data.shape[0], data.shape[1] * 2, dtype=torch.bfloat16)
+
+            def gemm_bf16_cublas(self, a, b, alpha, out_dtype):
+                return torch.zeros(a.shape[0], b.shape[0], dtype=out_dtype)
+
+        monkeypatch.setattr(fops, "_cuda_module", lambda: fp4ref_cuda)
+        monkeypatch.setattr(cg, "_usable", lambda *qs: True)
+        monkeypatch.setattr(cg, "_ops", lambda: Stub())
+    w32 = _x((48, 256), torch.float32, device, seed=3)
+    weights = [quantize_mx(w32, "e2m1", scale_mode="floor"), quantize_mx(w32, "e2m1", scale_mode="stretch"),
+               quantize_nvfp4(w32)]
+    wanted = {}
+    for i, w in enumerate(weights):
+        for rows in (1, 7, 40):
+            for bias in (None, _x((48,), torch.float32, device, seed=rows)):
+                x = _x((rows, 256), torch.bfloat16, device, seed=rows + 10)
+                wanted[i, rows, bias is None] = (x, bias, cg.fp4_linear(x, w, bias))
+
+    def no_reference(*_a, **_k):
+        raise FellBack("fp4_linear_prepared: the backend returned NotImplemented for a claimed configuration")
+
+    monkeypatch.setattr(fops, "fp4_linear", no_reference)
+    for i, w in enumerate(weights):
+        pw = fops.prepare_fp4_weight(w)
+        assert pw.backend == "cuda"
+        for (j, rows, _), (x, bias, want) in wanted.items():
+            if j == i:
+                y = fops.fp4_linear_prepared(x, pw, bias)
+                assert y.dtype == torch.bfloat16 and y.shape == (rows, 48)
+                assert torch.equal(y.view(torch.int16), want.view(torch.int16))  # the op's bits

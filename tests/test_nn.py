@@ -93,13 +93,157 @@ def test_w4a4_forward_is_dequantize_then_matmul(fmt, kw, rot):
 
 def test_forward_goes_through_ops(monkeypatch):
     calls = []
-    for name in ("fp4_mm", "fp4_linear", "block_hadamard"):
+    for name in ("fp4_mm", "fp4_linear", "block_hadamard", "prepare_fp4_weight", "fp4_linear_prepared"):
         orig = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
     lin = _linear()
     FP4Linear.from_linear(lin, "nvfp4", rotation=16, quantize_activations=True)(_x((2, 128)))
-    FP4Linear.from_linear(lin, "mxfp4")(_x((2, 128)))
+    m = FP4Linear.from_linear(lin, "mxfp4")
+    m(_x((2, 128)))
     assert calls.count("fp4_mm") == 1 and calls.count("fp4_linear") == 1 and calls.count("block_hadamard") == 2
+    assert calls.count("prepare_fp4_weight") == 1 and calls.count("fp4_linear_prepared") == 1
+    m(_x((3, 128)))  # the weight is prepared once per version of its buffers
+    assert calls.count("prepare_fp4_weight") == 1 and calls.count("fp4_linear_prepared") == 2
+    m.load_quantized(FP4Linear.from_linear(_linear(seed=9), "mxfp4").weight_quantized)
+    m(_x((3, 128)))
+    assert calls.count("prepare_fp4_weight") == 2  # a new weight: prepared again
+
+
+def test_nn_reaches_the_backend_only_through_ops():
+    """fp4ref.nn imports nothing from fp4ref_cuda: every backend call goes through fp4ref.ops."""
+    import ast
+    from pathlib import Path
+
+    import fp4ref.nn
+
+    tree = ast.parse(Path(fp4ref.nn.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.startswith("fp4ref_cuda")], names
+
+
+# --- fp4ref.ops.prepare_fp4_weight / fp4_linear_prepared ---------------------------------------------------
+def _weights(k=64, n=24, seed=7):
+    w = _x((n, k), seed=seed)
+    return [quantize_mx(w, scale_mode=m) for m in ("floor", "stretch", "rceil")] + \
+           [quantize_nvfp4(w, recipe=r) for r in ("te", "torchao")] + [quantize_mx(w, block_size=16)]
+
+
+def _bits(t):
+    return t.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(t.dtype, torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_prepared_linear_gives_the_reference_bits_on_cpu(dtype):
+    from fp4ref.gemm import fp4_linear as ref_linear
+
+    bias = _x((24,), seed=5)
+    for w in _weights():
+        pw = ops.prepare_fp4_weight(w)
+        assert pw.backend == "reference" and pw.weight is w and pw.shape == w.shape and (pw.n, pw.k) == (24, 64)
+        for shape in ((64,), (3, 64), (2, 5, 64), (0, 64)):
+            x = _x(shape, seed=len(shape)).to(dtype) * 4
+            for b in (None, bias.to(dtype)):
+                y = ops.fp4_linear_prepared(x, pw, b)
+                want = ref_linear(x, w, b)
+                assert y.dtype == want.dtype and y.shape == want.shape == (*shape[:-1], 24)
+                assert torch.equal(_bits(y), _bits(want)), (w, shape, b is None)
+                assert torch.equal(_bits(ops.fp4_linear(x, w, b)), _bits(y))
+
+
+def test_prepared_linear_validates_its_arguments():
+    w = quantize_mx(_x((24, 64)))
+    pw = ops.prepare_fp4_weight(w)
+    x = _x((2, 64))
+    cases = [
+        (lambda: ops.prepare_fp4_weight(torch.zeros(24, 64)), TypeError, "w must be an MXTensor"),
+        (lambda: ops.prepare_fp4_weight(quantize_mx(_x((24, 64)), "e4m3")), ValueError, "w must be MXFP4"),
+        (lambda: ops.prepare_fp4_weight(quantize_mx(_x((2, 24, 64)))), ValueError, "w must be 2-D"),
+        (lambda: ops.prepare_fp4_weight(quantize_mx(_x((64, 64)), axis=0)), ValueError, "blocked along its last"),
+        (lambda: ops.prepare_fp4_weight(quantize_nvfp4(_x((2, 3, 64)))), ValueError, "w must be 2-D"),
+        (lambda: ops.fp4_linear_prepared(x, w), TypeError, "pw must be a PreparedFP4Weight"),
+        (lambda: ops.fp4_linear_prepared(x.numpy(), pw), TypeError, "x must be a torch.Tensor"),
+        (lambda: ops.fp4_linear_prepared(x.int(), pw), TypeError, "x must be float32"),
+        (lambda: ops.fp4_linear_prepared(_x((2, 32)), pw), ValueError, "K mismatch"),
+        (lambda: ops.fp4_linear_prepared(torch.tensor(1.0), pw), ValueError, "K mismatch"),
+        (lambda: ops.fp4_linear_prepared(x.to("meta"), pw), ValueError, "x and w must be on one device"),
+        (lambda: ops.fp4_linear_prepared(x, pw, torch.zeros(24, dtype=torch.int32)), TypeError, "bias must be"),
+        (lambda: ops.fp4_linear_prepared(x, pw, [0.0] * 24), TypeError, "bias must be"),
+        (lambda: ops.fp4_linear_prepared(x, pw, torch.zeros(23)), ValueError, "bias must have shape"),
+        (lambda: ops.fp4_linear_prepared(x, pw, torch.zeros(24, device="meta")), ValueError, "bias"),
+    ]
+    for fn, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            fn()
+
+
+class _FakeGemm:
+    """A stand-in for fp4ref_cuda.gemm's prepared-weight pair, recording calls; ``decline`` returns
+    NotImplemented from the GEMM (as the kernels do for inputs they do not take)."""
+
+    def __init__(self, decline=False):
+        self.calls, self.decline = [], decline
+
+    def prepare_weight(self, w):
+        self.calls.append("prepare")
+        return ("native", w)
+
+    def linear_prepared(self, x, native, bias=None):
+        self.calls.append("linear")
+        if self.decline:
+            return NotImplemented
+        return torch.full((*x.shape[:-1], native[1].shape[0]), 7.0, dtype=torch.bfloat16)
+
+
+def _force_backend(monkeypatch, fake):
+    class Backend:  # the backend package: its GEMM module as attribute ``gemm``, as fp4ref_cuda has it
+        gemm = fake
+
+    monkeypatch.setattr(ops, "backend", lambda t: "cuda")
+    monkeypatch.setattr(ops, "_cuda_module", lambda: Backend)
+
+
+def test_prepared_linear_dispatches_to_the_backend_and_falls_back(monkeypatch):
+    from fp4ref.gemm import fp4_linear as ref_linear
+
+    w, x, b = quantize_nvfp4(_x((24, 64))), _x((3, 64)).bfloat16(), _x((24,))
+    fake = _FakeGemm()
+    _force_backend(monkeypatch, fake)
+    pw = ops.prepare_fp4_weight(w)
+    assert pw.backend == "cuda" and pw.native == ("native", w) and fake.calls == ["prepare"]
+    assert torch.equal(ops.fp4_linear_prepared(x, pw, b), torch.full((3, 24), 7.0, dtype=torch.bfloat16))
+    assert fake.calls == ["prepare", "linear"]
+    monkeypatch.setenv("FP4REF_BACKEND", "reference")  # the reference, without asking the backend
+    assert torch.equal(_bits(ops.fp4_linear_prepared(x, pw, b)), _bits(ref_linear(x, w, b)))
+    assert fake.calls == ["prepare", "linear"]
+    monkeypatch.delenv("FP4REF_BACKEND")
+    declining = _FakeGemm(decline=True)
+    _force_backend(monkeypatch, declining)
+    pw = ops.prepare_fp4_weight(w)
+    assert torch.equal(_bits(ops.fp4_linear_prepared(x, pw, b)), _bits(ref_linear(x, w, b)))
+    assert declining.calls == ["prepare", "linear"]
+
+    class NoGemm:  # a backend without the prepared GEMM: the reference serves it
+        pass
+
+    monkeypatch.setattr(ops, "_cuda_module", lambda: NoGemm)
+    pw = ops.prepare_fp4_weight(w)
+    assert pw.backend == "reference" and pw.native is None
+    assert torch.equal(_bits(ops.fp4_linear_prepared(x, pw, b)), _bits(ref_linear(x, w, b)))
+
+
+def test_fp4linear_prepares_through_ops_once_per_weight_version(monkeypatch):
+    fake = _FakeGemm()
+    m = FP4Linear.from_linear(_linear(k=64), "mxfp4")
+    _force_backend(monkeypatch, fake)
+    x = _x((2, 64)).bfloat16()
+    for _ in range(3):
+        assert torch.equal(m(x), torch.full((2, 24), 7.0, dtype=torch.bfloat16))
+    assert fake.calls == ["prepare", "linear", "linear", "linear"]
+    m.load_quantized(FP4Linear.from_linear(_linear(k=64, seed=4), "mxfp4").weight_quantized)
+    m(x)
+    assert fake.calls[-2:] == ["prepare", "linear"]
+    assert m(x.float()).dtype == torch.float32  # the fake declines nothing, but returns bf16: cast to x's dtype
 
 
 def test_bf16_input_and_state_dict_roundtrip():
