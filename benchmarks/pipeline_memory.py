@@ -15,25 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import tiny_models  # noqa: E402
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from fp4ref.efficiency import cpu_name  # noqa: E402
 
 
 def run(src: Path, out: Path, args, nproc: int = 0) -> tuple[float, dict]:
@@ -60,7 +52,7 @@ def main() -> None:
     ap.add_argument("--skip-dist", action="store_true")
     args = ap.parse_args()
     h, inter = args.hidden, 3 * args.hidden
-    print(f"machine: {_cpu()}, {os.cpu_count()} CPUs visible; {args.threads} torch thread(s) per process")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs visible; {args.threads} torch thread(s) per process")
     print(f"model: random Llama, hidden {h}, intermediate {inter}, float32; {args.method} {args.format}; "
           f"{args.calib} calibration windows of 64 tokens")
     per_block_mb = (4 * h * h + 3 * h * inter) * 4 / 2**20

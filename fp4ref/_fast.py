@@ -84,8 +84,16 @@ def _run_chunks(rows: int, k: int, work) -> None:
         for c in chunks:
             work(*c)
         return
+    # Autograd and inference modes are thread-local: the workers take the caller's, or a tensor made under
+    # torch.inference_mode() cannot be written there (and one made outside it would record history).
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def run(r0: int, r1: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            work(r0, r1)
+
     with concurrent.futures.ThreadPoolExecutor(min(workers, len(chunks))) as pool:
-        for f in [pool.submit(work, *c) for c in chunks]:
+        for f in [pool.submit(run, *c) for c in chunks]:
             f.result()
 
 

@@ -38,6 +38,26 @@ def count(text: str) -> int:
     return v
 
 
+def positive(text: str) -> int:
+    """argparse type: a positive integer."""
+    v = count(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def alphas(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers in [0, 1] ('0,0.25,0.5')."""
+    try:
+        vals = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    bad = [v for v in vals if not 0.0 <= v <= 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each alpha must be in [0, 1], got {bad[0]:g}")
+    return vals
+
+
 def size(text: str) -> int:
     """argparse type: a byte count, plain or with a unit ('5GB', '500MB', '2GiB')."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
@@ -53,4 +73,4 @@ def size(text: str) -> int:
     return int(value)
 
 
-__all__ = ["ArgParser", "parse", "usage_error", "count", "size"]
+__all__ = ["ArgParser", "parse", "usage_error", "count", "positive", "alphas", "size"]

@@ -473,23 +473,33 @@ class NVFP4Grid(Grid):
                            W_hat.shape, self.group_size)
 
 
-GRID_FORMATS = ("mxfp4", "nvfp4", "int4")
+INT_FORMATS = ("int4", "int3", "int2")
+GRID_FORMATS = ("mxfp4", "nvfp4") + INT_FORMATS
+INT_GROUP = 32  # the MR-GPTQ paper's INT4 baseline groups
 
 
-def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | None = None) -> Grid:
+def make_grid(fmt: str, *, scale_search: str = "absmax", global_amax: float | None = None,
+              group_size: int | None = None, symmetric: bool = True) -> Grid:
     """The weight grid of a format name, as the whole-model pipelines use it: MXFP4 (E2M1, 32, OCP floor scales),
-    NVFP4 (TE recipe, 16; tensor scale from ``global_amax``, default the matrix's own amax), int4 (symmetric,
-    groups of 32, like the MR-GPTQ paper's INT4 baseline)."""
+    NVFP4 (TE recipe, 16; tensor scale from ``global_amax``, default the matrix's own amax), intB for B = 4, 3, 2
+    (gptq.py's min-max grid, groups of ``group_size`` columns, default 32 like the MR-GPTQ paper's INT4 baseline,
+    ``symmetric`` or not). The FP4 formats fix their block size and symmetry."""
+    if fmt in INT_FORMATS:
+        return IntGrid(bits=int(fmt[3:]), group_size=INT_GROUP if group_size is None else group_size,
+                       symmetric=symmetric)
+    if fmt not in GRID_FORMATS:
+        raise ValueError(f"fmt={fmt!r} is not one of {GRID_FORMATS}")
+    if group_size is not None or symmetric is not True:
+        raise ValueError(f"group_size and symmetric are for the int formats {INT_FORMATS}; {fmt} fixes its blocks "
+                         f"(got group_size={group_size!r}, symmetric={symmetric!r})")
     if fmt == "mxfp4":
         return MXGrid("e2m1", 32, "floor", scale_search=scale_search)
-    if fmt == "nvfp4":
-        return NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
-    if fmt == "int4":
-        return IntGrid(bits=4, group_size=32, symmetric=True)
-    raise ValueError(f"fmt={fmt!r} is not one of {GRID_FORMATS}")
+    return NVFP4Grid("te", 16, global_amax, scale_search=scale_search)
 
 
 __all__ = [
+    "GRID_FORMATS",
+    "INT_FORMATS",
     "SCALE_SEARCHES",
     "Grid",
     "IntGrid",

@@ -21,11 +21,11 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .grids import make_grid
+from .grids import GRID_FORMATS, INT_FORMATS, make_grid
 from .nn import FP4Linear, fake_quantize_activations
 
 METHODS = ("rtn", "gptq", "mr-gptq")
-FORMATS = ("mxfp4", "nvfp4", "int4")
+FORMATS = GRID_FORMATS
 TRUE_SEQUENTIAL = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     ("self_attn.o_proj",),
@@ -38,12 +38,12 @@ def deployed_linear(W_hat: torch.Tensor, bias: torch.Tensor | None, quantized, f
                     act: bool = False, act_amax: float | None = None) -> FP4Linear:
     """The quantized layer as deployed, an ``FP4Linear`` computing ``y = Q_act(x·R) · Ŵᵀ + b`` by the calibration
     pipelines' fast simulation (``compute="dequantized"``; switch a loaded model to ``"exact"`` for the
-    reference or GPU FP4 GEMM). ``quantized`` is Ŵ encoded (MXTensor/NVFP4Tensor; int4 keeps Ŵ in full precision,
+    reference or GPU FP4 GEMM). ``quantized`` is Ŵ encoded (MXTensor/NVFP4Tensor; the int formats keep Ŵ in full precision,
     fmt=None), ``rotation`` MR-GPTQ's input rotation (``fp4ref.gptq.Rotation``) or None."""
     block = None if rotation is None else rotation.block_size
     signs = None if rotation is None else rotation.signs
     b = None if bias is None else bias.detach().float()
-    if fmt == "int4":
+    if fmt in INT_FORMATS:
         m = FP4Linear(W_hat.shape[1], W_hat.shape[0], bias is not None, fmt=None, rotation=block, signs=signs,
                       device=W_hat.device, compute="dequantized")
         m.weight.copy_(W_hat)
@@ -121,10 +121,10 @@ def check_settings(method: str, fmt: str, qep: float | None, act: bool) -> None:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not one of {FORMATS}")
-    if act and fmt == "int4":
+    if act and fmt in INT_FORMATS:
         raise ValueError("act=True (W4A4) needs an FP4 format: fmt='mxfp4' or 'nvfp4'")
-    if method == "mr-gptq" and fmt == "int4":
-        raise ValueError("method='mr-gptq' is defined for fmt='mxfp4' or 'nvfp4', not 'int4'")
+    if method == "mr-gptq" and fmt in INT_FORMATS:
+        raise ValueError(f"method='mr-gptq' is defined for fmt='mxfp4' or 'nvfp4', not {fmt!r}")
     if qep is not None and (isinstance(qep, bool) or not isinstance(qep, (int, float)) or not 0.0 <= qep <= 1.0):
         raise ValueError(f"qep must be None or an alpha in [0, 1], got {qep!r}")
 
@@ -221,7 +221,7 @@ def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Te
     W = target.to(lin.weight.dtype)
     gamax = opts.get("global_amax")
     if method == "rtn":
-        grid = make_grid(fmt, global_amax=gamax)
+        grid = make_grid(fmt, global_amax=gamax, **opts.get("grid", {}))
         fitted = grid.fit(W)
         W_hat = grid.quantize(W, fitted)
         dW = (W.double() - W_hat.double())
@@ -229,7 +229,7 @@ def _quantize_layer(lin: nn.Linear, name: str, H: torch.Tensor, target: torch.Te
         q = grid.encode(W_hat, fitted)
         return deployed_linear(W_hat, lin.bias, q, fmt, act=act), loss, None
     if method == "gptq":
-        res = gptq(W, H, make_grid(fmt, global_amax=gamax), damp=opts["damp"], act_order=opts["act_order"], name=name,
+        res = gptq(W, H, make_grid(fmt, global_amax=gamax, **opts.get("grid", {})), damp=opts["damp"], act_order=opts["act_order"], name=name,
                    dtype=opts["gptq_dtype"])
         return deployed_linear(res.weight, lin.bias, res.quantized, fmt, act=act), res.loss, res.damp_used
     res = mr_gptq(W, H, fmt, hadamard_block=opts["hadamard_block"], scale_search=opts["scale_search"],
@@ -242,13 +242,14 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                    qep: float | None = None, *, act: bool = False, qep_layers: Mapping[str, float] | None = None,
                    damp: float = 0.01, act_order: bool = False, hadamard_block: int | None = None,
                    scale_search: str = "mse", qep_damp: float = 0.01, gptq_dtype: torch.dtype = torch.float64,
-                   batch_size: int = 4, blocks: Iterable[int] | None = None,
-                   progress: Callable[[str], None] | None = None) -> QuantizeResult:
+                   batch_size: int = 4, blocks: Iterable[int] | None = None, group_size: int | None = None,
+                   symmetric: bool = True, progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantizes the linear layers of ``model``'s decoder blocks in place; returns the model and a report.
 
     ``calibration``: int64 token ids (n_windows, seq_len). ``method``: "rtn" | "gptq" | "mr-gptq" (block
     Hadamard of ``hadamard_block``, default the format's group, static act-order, ``scale_search``).
-    ``fmt``: "mxfp4" | "nvfp4" | "int4". ``qep``: None (off) or α; ``qep_layers``: {regex: α} overriding α
+    ``fmt``: "mxfp4" | "nvfp4" | "int4" | "int3" | "int2" (``group_size``, default 32, and ``symmetric`` apply to
+    the int formats only, see ``fp4ref.grids.make_grid``). ``qep``: None (off) or α; ``qep_layers``: {regex: α} overriding α
     for layer names like "model.layers.3.mlp.down_proj" (first match wins; ``fp4ref.qep.ORIGINAL_EXCLUDE``
     leaves down_proj uncorrected as the original code does); correction damping ``qep_damp``·mean(diag Ĥ). ``act``: W4A4, activations RTN in ``fmt``.
     ``damp``/``act_order``/``gptq_dtype``: GPTQ's options (SPEC §10). ``blocks``: indices of the blocks
@@ -261,7 +262,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
     from .gptq import HessianAccumulator
     from .qep import QEPAccumulator, qep_target
 
-    opts = dict(damp=damp, act_order=act_order, hadamard_block=hadamard_block, scale_search=scale_search,
+    int_opts = dict(group_size=group_size, symmetric=symmetric) if fmt in INT_FORMATS else {}
+    make_grid(fmt, group_size=group_size, symmetric=symmetric)  # a bad group_size / symmetric fails before any work
+    opts = dict(grid=int_opts, damp=damp, act_order=act_order, hadamard_block=hadamard_block, scale_search=scale_search,
                 gptq_dtype=gptq_dtype)
     layers = model.model.layers
     chosen = set(range(len(layers))) if blocks is None else {int(b) for b in blocks}
@@ -333,7 +336,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "r
                     hadamard_block=hadamard_block, scale_search=scale_search, qep_damp=qep_damp,
                     gptq_dtype=str(gptq_dtype).replace("torch.", ""), blocks=sorted(chosen),
                     calibration_shape=tuple(calibration.shape), threads=torch.get_num_threads(),
-                    device=str(device))
+                    device=str(device), **int_opts)
     return QuantizeResult(model, reports, settings, time.perf_counter() - t_start, int(calibration.numel()),
                           block_seconds)
 

@@ -112,3 +112,24 @@ def test_public_functions_take_the_fast_path_and_agree():
     n = quantize_nvfp4(w)
     m = quantize_nvfp4_reference(w, None, "te", 16)
     assert torch.equal(n.data, m.data) and torch.equal(n.scales, m.scales)
+
+
+def test_workers_follow_the_callers_inference_mode(monkeypatch):
+    """The worker threads take the caller's torch.inference_mode: a dequantized weight made under it (as a
+    FP4Linear's cache is, inside a model's generate) is written there without error and has the same bits."""
+    w = awkward(4, torch.float32, rows=40)
+    q = quantize_mx(w, "e2m1", block_size=32, scale_mode="floor")
+    monkeypatch.setattr(_fast, "PARALLEL_CHUNK_ELEMS", 3 * 256)  # several chunks, so the pool runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = _fast.dequantize_mx_e2m1(q)
+        with torch.inference_mode():
+            got = _fast.dequantize_mx_e2m1(q)
+        assert got.is_inference()
+        with torch.enable_grad():
+            grad = _fast.dequantize_mx_e2m1(q)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(grad.view(torch.int32), want.view(torch.int32)) and not grad.requires_grad

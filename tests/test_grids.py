@@ -211,3 +211,21 @@ def test_bad_arguments():
         make_grid("fp8")
     assert isinstance(make_grid("nvfp4"), NVFP4Grid) and make_grid("mxfp4").group_size == 32
     assert make_grid("int4").group_size == 32 and make_grid("nvfp4", global_amax=3.0).global_amax == 3.0
+
+
+def test_make_grid_int_formats():
+    g = make_grid("int3", group_size=64)
+    assert isinstance(g, IntGrid) and g.bits == 3 and g.maxq == 7 and g.group_size == 64 and g.symmetric
+    g = make_grid("int2", group_size=128, symmetric=False)
+    assert g.bits == 2 and g.maxq == 3 and not g.symmetric
+    # int2 symmetric: s = 2·max|x|/3, z = 2: the levels of a row are s·{-2, -1, 0, 1}
+    x = torch.tensor([[-3.0, -1.2, 0.2, 3.0]], dtype=torch.float64)  # s = 2: -1.5, -0.6, 0.1, 1.5 steps
+    q = make_grid("int2", group_size=4).rtn(x)
+    assert torch.equal(q, torch.tensor([[-4.0, -2.0, 0.0, 2.0]], dtype=torch.float64))
+    for fmt in ("mxfp4", "nvfp4"):
+        with pytest.raises(ValueError, match="group_size and symmetric"):
+            make_grid(fmt, group_size=64)
+        with pytest.raises(ValueError, match="group_size and symmetric"):
+            make_grid(fmt, symmetric=False)
+    with pytest.raises(ValueError, match="group_size"):
+        make_grid("int3", group_size=0)

@@ -194,6 +194,8 @@ def test_bad_arguments():
         quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), fmt="fp8")
     with pytest.raises(ValueError, match="W4A4"):
         quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), fmt="int4", act=True)
+    with pytest.raises(ValueError, match="mr-gptq"):
+        quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), method="mr-gptq", fmt="int2")
     with pytest.raises(ValueError, match="qep"):
         quantize_model(lin, torch.zeros(1, 4, dtype=torch.long), qep=1.5)
     with pytest.raises(TypeError, match="calibration"):
@@ -245,3 +247,52 @@ def test_deployed_layer_holds_the_solver_weight(fmt, method):
         want = grid.quantize(lin.weight.detach(), grid.fit(lin.weight.detach()))
     assert torch.equal(layer.dequantized_weight().view(torch.int32), want.float().view(torch.int32))
     assert torch.equal(layer.bias, lin.bias.detach())
+
+
+@needs_model
+def test_cli_too_many_seeds_is_one_line(real, capsys):
+    from fp4ref.model_cli import cli_quantize
+
+    assert cli_quantize(["--seeds", "1000", "--calib", "16", "--calib-len", "512", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at most" in err and "seeds" in err, err
+
+
+@needs_model
+@pytest.mark.parametrize("fmt,group,sym", [("int3", 64, True), ("int2", 128, False)])
+def test_low_bit_int_layers_sit_on_their_grid(real, fmt, group, sym):
+    """RTN int3/int2 with groups: every group of every row holds at most 2^bits distinct values, equally spaced."""
+    model, _ = models.load_model()
+    res = quantize_model(model, real["calib"][:1, :64], method="rtn", fmt=fmt, blocks=[0], group_size=group,
+                         symmetric=sym, **QUIET)
+    assert res.settings["group_size"] == group and res.settings["symmetric"] is sym
+    W = model.model.layers[0].self_attn.o_proj.weight.detach().double()
+    bits = int(fmt[3:])
+    for g0 in range(0, W.shape[1], group):
+        for row in W[:8, g0:g0 + group]:
+            v = row.unique()
+            assert v.numel() <= 2**bits
+            if v.numel() > 2:
+                gaps = v[1:] - v[:-1]
+                steps = gaps / gaps.min()  # a level the group does not use makes a gap of 2, 3, ... steps
+                assert torch.allclose(steps, steps.round(), atol=1e-4)  # float32 levels: ratios to ~1e-6
+
+
+@needs_model
+def test_cli_efficiency_columns(real, capsys, monkeypatch):
+    """--efficiency: bits per weight from the stored tensors (MXFP4: 4 + 8/32), checkpoint bytes, peak memory of a
+    fresh process and decode speed against float, for every row (short decoding settings to keep it quick)."""
+    from fp4ref import model_cli
+
+    monkeypatch.setattr(model_cli, "DECODE", dict(prompt_len=4, new_tokens=2, repeats=1, seed=0))
+    monkeypatch.setattr(model_cli, "DECODE_BATCHES", (1, 2))
+    rc = model_cli.cli_quantize(["--method", "rtn", "--format", "mxfp4", "--blocks", "1", "--calib", "1",
+                                 "--calib-len", "32", "--eval", "1", "--efficiency", "--quiet", "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| float32 |") or line.startswith("| RTN |")]
+    assert len(rows) == 2, out
+    float_cells, rtn_cells = ([c.strip() for c in r.strip("|").split("|")] for r in rows)
+    assert float_cells[1] == "32.0000" and rtn_cells[1] == "4.2500"
+    assert int(rtn_cells[2].replace(",", "")) < int(float_cells[2].replace(",", ""))
+    assert float(float_cells[-1]) == 1.0 and float(rtn_cells[-1]) > 0

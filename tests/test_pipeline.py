@@ -132,6 +132,19 @@ def test_family_roundtrip(tmp_path, family):
     evals = cut(tokenize(tiny_models.tokenizer(), tiny_models.TEXT[:2000]), 2, 32, "e")
     assert math.isclose(perplexity(model, evals, batch_size=1), res.perplexity, rel_tol=1e-9)
     assert res.perplexity_fp is not None and res.perplexity != res.perplexity_fp
+    if family == "llama":  # the streamed distribution metrics are fp4ref.evaluation's on the whole models
+        from transformers import AutoModelForCausalLM
+
+        from fp4ref.evaluation import FloatReference
+
+        fp = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        want = FloatReference(fp, evals, batch_size=1).evaluate(model, batch_size=1)
+        got = res.metrics
+        assert got.kl_mean > 0 and got.windows == 2 and got.tokens == 62
+        for k in ("perplexity_fp", "perplexity", "kl_mean", "kl_p99", "top1", "dnll_mean", "dnll_se"):
+            assert math.isclose(getattr(got, k), getattr(want, k), rel_tol=1e-6, abs_tol=1e-9), k
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["metrics"]["kl_mean"] == got.kl_mean
 
 
 def test_moe_expert_without_tokens_falls_back_to_rtn(tmp_path):

@@ -52,6 +52,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FP4REF_CACHE", Path.home() / ".cache" / "fp4ref"))
 
 
+def float_checkpoint_dir() -> Path:
+    """The float32 copy :func:`load_model` keeps under :func:`cache_dir` (a Hugging Face folder)."""
+    return cache_dir() / "smollm2-135m-instruct-q4_1-f32"
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -72,7 +77,7 @@ def load_model(*, cache: bool = True, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gguf_path()
-    cached = cache_dir() / "smollm2-135m-instruct-q4_1-f32"
+    cached = float_checkpoint_dir()
     if cache and (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(cached)
         model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
@@ -132,17 +137,16 @@ def split_windows(tokens: torch.Tensor, *, seq_len: int, n_calib: int, n_eval: i
 
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, *, batch_size: int = 2) -> float:
-    """exp(mean next-token NLL) over independent windows: each window predicts its tokens 1..L-1."""
+    """exp(mean next-token NLL) over independent windows: each window predicts its tokens 1..L-1
+    (``fp4ref.evaluation.token_nll``, float64)."""
+    from ..evaluation import token_nll
+
     if windows.dim() != 2 or windows.shape[1] < 2:
         raise ValueError(f"windows must be (n, L) with L >= 2, got shape {tuple(windows.shape)}")
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    nll = []
     for i in range(0, windows.shape[0], batch_size):
         ids = windows[i : i + batch_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += float(nll.double())
-        count += ids[:, 1:].numel()
-    return math.exp(total / count)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        nll.extend(token_nll(lg, w) for lg, w in zip(logits, ids))
+    return math.exp(float(torch.cat(nll).mean()))

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..grids import make_grid
+from ..evaluation import EvalMetrics, summarize, window_stats
+from ..grids import INT_FORMATS, make_grid
 from ..model import LayerReport, _quantize_layer, _rel, check_settings, set_module
 from .blocks import (Probe, build_skeleton, find_layers, materialize, plan_block,
                      unfuse_experts)
@@ -117,6 +118,7 @@ class PipelineResult:
     rtn_fallback: list[str] = field(default_factory=list)
     world_size: int = 1
     files: list[Path] = field(default_factory=list)
+    metrics: EvalMetrics | None = None  # the distribution metrics of the evaluation windows (None: --eval 0)
 
     def table(self) -> str:
         from ..model import QuantizeResult
@@ -147,8 +149,8 @@ def _check(method, fmt, qep, act, n_calib, calib_len, n_eval, eval_len, shard_si
         check_settings(method, fmt, qep, act)
     except ValueError as e:
         raise PipelineError(str(e)) from None
-    if fmt == "int4":
-        raise PipelineError("fmt 'int4' has no serving checkpoint layout here; quantize_pretrained writes mxfp4 or nvfp4")
+    if fmt in INT_FORMATS:
+        raise PipelineError(f"fmt {fmt!r} has no serving checkpoint layout here; quantize_pretrained writes mxfp4 or nvfp4")
     for name, v, lo in (("n_calib", n_calib, 1), ("calib_len", calib_len, 2), ("n_eval", n_eval, 0),
                         ("eval_len", eval_len, 2), ("shard_size", shard_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -340,23 +342,22 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
         if kill is not None and int(kill) == b and dist.is_main:
             os.kill(os.getpid(), 9)  # a crash with no clean-up, for the resume test
 
-    # Evaluation: the model's own head on the last hidden states (per window NLL, summed in window order).
-    ppl_fp = ppl_q = None
+    # Evaluation: the model's own head on the last hidden states of both streams, window by window
+    # (fp4ref.evaluation: perplexities, KL, top-1 agreement, ΔNLL), gathered in window order.
+    metrics = None
     if len(evals):
-        nll = {}
+        stats = []
         with torch.no_grad():
-            for kind in ("f", "q"):
-                vals = []
-                for j, w in enumerate(mine_e):
+            for j, w in enumerate(mine_e):
+                ids = evals[w].unsqueeze(0).to(dev)
+                logits = {}
+                for kind in ("f", "q"):
                     probes[-1].replace = streams[f"eval_{kind}"][j].to(dev)
-                    ids = evals[w].unsqueeze(0).to(dev)
-                    logits = shell(input_ids=ids, use_cache=False).logits[:, :-1].float()
-                    vals.append(float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                                  ids[:, 1:].reshape(-1), reduction="sum").double()))
-                probes[-1].replace = None
-                nll[kind] = dist.gather(vals)
-        count = evals.shape[0] * (evals.shape[1] - 1)
-        ppl_fp, ppl_q = (math.exp(math.fsum(nll[k]) / count) for k in ("f", "q"))
+                    logits[kind] = shell(input_ids=ids, use_cache=False).logits.float()
+                stats.append(window_stats(logits["f"], logits["q"], ids))
+            probes[-1].replace = None
+        metrics = summarize(dist.gather(stats))
+    ppl_fp, ppl_q = (None, None) if metrics is None else (metrics.perplexity_fp, metrics.perplexity)
 
     peak_dev = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     host_peaks = dist.gather([peak_host_mb()])
@@ -364,13 +365,13 @@ def _run(dist: Dist, model_path, out, dev, say, t_start, *, method, fmt, qep, ac
     report = dict(settings=settings, world_size=dist.world, seconds=seconds, block_seconds=block_seconds,
                   peak_host_mb_per_rank=host_peaks, resident_mb_after_block_per_rank=dist.gather([resident]),
                   peak_device_mb=peak_dev, perplexity_fp=ppl_fp, perplexity=ppl_q,
-                  eval_windows=list(evals.shape), rtn_fallback=fallback, layers=[asdict(r) for r in reports])
+                  metrics=None if metrics is None else metrics.as_dict(), eval_windows=list(evals.shape), rtn_fallback=fallback, layers=[asdict(r) for r in reports])
     config = pipeline_config(src.raw_config, fmt=fmt, act=act, linears=shapes, rotations=rotations,
                              act_amax=act_amaxes, settings=settings, ignore=ignore)
     files = sink.finish(head_state, n_blocks, config, src.tokenizer_files(), report, shard_size)
     dist.barrier()
     return PipelineResult(sink.out, reports, settings, seconds, ppl_fp, ppl_q, max(host_peaks), peak_dev, fallback,
-                          dist.world, files)
+                          dist.world, files, metrics)
 
 
 def _trim() -> None:
