@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from fp4ref.evaluation import EvalMetrics, verdict
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fp4ref.evaluation import EvalMetrics, verdict  # noqa: E402
 
 
 def load(root: Path, name: str) -> dict[str, list[EvalMetrics]] | None:
@@ -34,6 +35,12 @@ def contrast(a: list[EvalMetrics], b: list[EvalMetrics]) -> list[EvalMetrics]:
                         [p - q for p, q in zip(x.window_dnll, y.window_dnll)]) for x, y in zip(a, b)]
 
 
+def _spread(v) -> str:
+    seed = "one draw: calibration spread unknown" if v.seed_half_width != v.seed_half_width else \
+        f"seed 95% half-width {v.seed_half_width:.4f}"
+    return f"{seed}; window SE {v.window_se:.4f}"
+
+
 def _call(v) -> str:
     return {"better": "holds", "worse": "does not hold"}.get(v.call, "cannot tell")
 
@@ -41,7 +48,8 @@ def _call(v) -> str:
 def claims(root: Path) -> list[tuple[str, str, str, str, str]]:
     """Rows (paper, claim, setting, measurement, verdict)."""
     t = {n: load(root, n) for n in ("nv_w4a16", "mx_w4a16", "mx_w4a4", "nv_w4a4", "int3_g128", "int3_g128_orig",
-                                    "int2_g64", "int2_g64_orig", "int3_sweep")}
+                                    "int2_g64", "int2_g64_orig", "int3_sweep", "int3_sweep3", "mx_w4a4_gptq3",
+                                    "mx_w4a4_mr3", "nv_w4a4_gptq3", "nv_w4a4_mr3")}
     out = []
 
     def pair(paper, claim, table, a, b, setting=None):
@@ -50,8 +58,7 @@ def claims(root: Path) -> list[tuple[str, str, str, str, str]]:
             return
         v = verdict(t[table][a], t[table][b])
         k = len(t[table][a])
-        out.append((paper, claim, setting or f"{table}: {a} vs {b}", f"ΔNLL {v.diff:+.4f} (draws {k}; seed 95% "
-                    f"half-width {v.seed_half_width:.4f}; window SE {v.window_se:.4f})", _call(v)))
+        out.append((paper, claim, setting or f"{table}: {a} vs {b}", f"ΔNLL {v.diff:+.4f} (draws {k}; {_spread(v)})", _call(v)))
 
     def across(paper, claim, ta, a, tb, b, setting):
         if t[ta] is None or t[tb] is None:
@@ -59,26 +66,27 @@ def claims(root: Path) -> list[tuple[str, str, str, str, str]]:
             return
         k = min(len(t[ta][a]), len(t[tb][b]))  # draw k of one table is draw k of the other (same windows)
         v = verdict(t[ta][a][:k], t[tb][b][:k])
-        out.append((paper, claim, setting, f"ΔNLL {v.diff:+.4f} (seed 95% half-width {v.seed_half_width:.4f}; "
-                    f"window SE {v.window_se:.4f})", _call(v)))
+        out.append((paper, claim, setting, f"ΔNLL {v.diff:+.4f} (draws {k}; {_spread(v)})", _call(v)))
 
-    def gain_larger(paper, claim, ta, tb, better, base, setting):
-        if t[ta] is None or t[tb] is None:
+    def gain_larger(paper, claim, a_better, a_base, b_better, b_base, setting):
+        """Is the gain (better − base, per draw and window) of cell pair A larger than that of pair B?
+        Each argument is (table, row)."""
+        cells = [a_better, a_base, b_better, b_base]
+        if any(t[tb] is None or r not in t[tb] for tb, r in cells):
             out.append((paper, claim, setting, "not run", "—"))
             return
-        ca, cb = contrast(t[ta][better], t[ta][base]), contrast(t[tb][better], t[tb][base])
+        x = [t[tb][r] for tb, r in cells]
+        ca, cb = contrast(x[0], x[1]), contrast(x[2], x[3])
         v = verdict(ca, cb)
-        out.append((paper, claim, setting, f"gain {-sum(x.dnll_mean for x in ca) / len(ca):.4f} vs "
-                    f"{-sum(x.dnll_mean for x in cb) / len(cb):.4f} nats/token (difference {v.diff:+.4f}, seed 95% "
-                    f"half-width {v.seed_half_width:.4f}, window SE {v.window_se:.4f})", _call(v)))
+        out.append((paper, claim, setting, f"gain {-sum(m.dnll_mean for m in ca) / len(ca):.4f} vs "
+                    f"{-sum(m.dnll_mean for m in cb) / len(cb):.4f} nats/token (difference {v.diff:+.4f}; {_spread(v)})", _call(v)))
 
-    mr = "MR-GPTQ [MR-GPTQ paper, arXiv 2509.23202]"
-    qep = "QEP [arXiv 2504.09629]"
-    jin = "Jin et al. [arXiv 2402.16775]"
+    mr, qep, jin = "MR-GPTQ", "QEP", "Jin et al."  # arXiv 2509.23202, 2504.09629, 2402.16775
     pair(mr, "MR-GPTQ beats GPTQ on MXFP4", "mx_w4a16", "MR-GPTQ", "GPTQ")
     pair(mr, "MR-GPTQ beats GPTQ on NVFP4", "nv_w4a16", "MR-GPTQ", "GPTQ")
-    gain_larger(mr, "MR-GPTQ's gain over GPTQ is larger on MXFP4 than on NVFP4", "mx_w4a16", "nv_w4a16",
-                "MR-GPTQ", "GPTQ", "mx_w4a16 vs nv_w4a16: (MR-GPTQ − GPTQ)")
+    gain_larger(mr, "MR-GPTQ's gain over GPTQ is larger on MXFP4 than on NVFP4", ("mx_w4a16", "MR-GPTQ"),
+                ("mx_w4a16", "GPTQ"), ("nv_w4a16", "MR-GPTQ"), ("nv_w4a16", "GPTQ"),
+                "mx_w4a16 vs nv_w4a16: (MR-GPTQ − GPTQ)")
     for m in ("RTN", "GPTQ", "MR-GPTQ"):
         across(mr, f"NVFP4 is more accurate than MXFP4 ({m})", "nv_w4a16", m, "mx_w4a16", m,
                f"nv_w4a16 vs mx_w4a16: {m}")
@@ -86,12 +94,23 @@ def claims(root: Path) -> list[tuple[str, str, str, str, str]]:
     pair(mr, "GPTQ beats RTN on NVFP4", "nv_w4a16", "GPTQ", "RTN")
     pair(mr, "W4A4: MR-GPTQ beats GPTQ on MXFP4", "mx_w4a4", "MR-GPTQ", "GPTQ")
     pair(mr, "W4A4: MR-GPTQ beats GPTQ on NVFP4", "nv_w4a4", "MR-GPTQ", "GPTQ")
+    for f in ("mx", "nv"):
+        across(mr, f"W4A4, 3 draws: MR-GPTQ beats GPTQ on {f.upper()}FP4", f"{f}_w4a4_mr3", "MR-GPTQ + QEP(0)",
+               f"{f}_w4a4_gptq3", "GPTQ + QEP(0)", f"{f}_w4a4_mr3 vs {f}_w4a4_gptq3")
+    gain_larger(mr, "W4A4, 3 draws: MR-GPTQ's gain over GPTQ is larger on MXFP4 than on NVFP4",
+                ("mx_w4a4_mr3", "MR-GPTQ + QEP(0)"), ("mx_w4a4_gptq3", "GPTQ + QEP(0)"),
+                ("nv_w4a4_mr3", "MR-GPTQ + QEP(0)"), ("nv_w4a4_gptq3", "GPTQ + QEP(0)"),
+                "mx vs nv W4A4, 3 draws: (MR-GPTQ − GPTQ)")
     for table, what in (("int3_g128_orig", "INT3 g128, original QEP settings"), ("int3_g128", "INT3 g128, ours"),
                         ("int2_g64_orig", "INT2 g64, original QEP settings"), ("int2_g64", "INT2 g64, ours")):
         pair(qep, f"QEP improves RTN ({what})", table, "RTN + QEP(0.5)", "RTN")
         pair(qep, f"QEP improves GPTQ ({what})", table, "GPTQ + QEP(0.5)", "GPTQ")
+    for m in ("RTN", "GPTQ"):
+        across(qep + " (settings)", f"the original code's settings beat ours ({m} + QEP, INT3 g128)", "int3_g128_orig",
+               f"{m} + QEP(0.5)", "int3_g128", f"{m} + QEP(0.5)", f"int3_g128_orig vs int3_g128: {m} + QEP(0.5)")
     pair(qep, "α = 0.5 beats α = 1 (propagation as a regulariser; INT3 g128 GPTQ)", "int3_sweep",
          "GPTQ + QEP(0.5)", "GPTQ + QEP(1)")
+    pair(qep, "α = 0.5 beats α = 1 (INT3 g128 GPTQ, 3 draws)", "int3_sweep3", "GPTQ + QEP(0.5)", "GPTQ + QEP(1)")
     for fmt, table in (("MXFP4", "mx_w4a16"), ("NVFP4", "nv_w4a16")):
         for m in ("RTN", "GPTQ", "MR-GPTQ"):
             pair(qep + " (outside its setting)", f"QEP improves {m} on {fmt}", table, f"{m} + QEP(0.5)", m)
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(row) + " |")
     p = proxy(a.root)
     if p:
-        print(f"\nPerplexity as a proxy ({'Jin et al.'}): {p}")
+        print(f"\nPerplexity as a proxy (Jin et al.): {p}")
     return 0
 
 

@@ -106,3 +106,20 @@ def every_pattern_blocks(dtype, block=32, seed=0):
     x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).float()
     x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))]
     return x.view(-1, 4 * block)
+
+
+class GemmKernelStub:
+    """fp4ref_cuda.gemm's kernels without a GPU: each returns a tensor of ``fill`` with the shape and dtype it is
+    asked for, so the Python around the kernels (dispatch, preparation, output dtype) runs on the CPU."""
+
+    def __init__(self, fill: float = 0.0):
+        self.fill = fill
+
+    def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
+        return torch.full((x.shape[0], w.shape[0]), self.fill, dtype=out_dtype)
+
+    def gemm_dequant_bf16(self, data, scales, block_size, e4m3):
+        return torch.full((data.shape[0], data.shape[1] * 2), self.fill, dtype=torch.bfloat16)
+
+    def gemm_bf16_cublas(self, a, b, alpha, out_dtype):
+        return torch.full((a.shape[0], b.shape[0]), self.fill, dtype=out_dtype)

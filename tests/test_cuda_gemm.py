@@ -21,6 +21,7 @@ from fp4ref.gemm import fp4_mm as ref_mm
 from fp4ref.layouts import pack_fp4
 from fp4ref.mx import MXTensor, quantize_mx
 from fp4ref.nvfp4 import NVFP4Tensor, quantize_nvfp4
+from helpers import GemmKernelStub
 
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 E2M1_ALL = torch.tensor(E2M1 + [-v for v in E2M1])  # codes 0..15
@@ -519,18 +520,8 @@ def test_linear_prepared_returns_bf16_on_every_path(monkeypatch):
     cuBLAS path divides in float32); no GPU: the kernels are stubs that return the dtype they are asked for."""
     import fp4ref_cuda.gemm as cg
 
-    class Stub:
-        def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
-            return torch.ones(x.shape[0], w.shape[0], dtype=out_dtype)
-
-        def gemm_dequant_bf16(self, data, scales, block_size, e4m3):
-            return torch.ones(data.shape[0], data.shape[1] * 2, dtype=torch.bfloat16)
-
-        def gemm_bf16_cublas(self, a, b, alpha, out_dtype):
-            return torch.ones(a.shape[0], b.shape[0], dtype=out_dtype)
-
     monkeypatch.setattr(cg, "_usable", lambda *qs: True)
-    monkeypatch.setattr(cg, "_ops", lambda: Stub())
+    monkeypatch.setattr(cg, "_ops", lambda: GemmKernelStub(1.0))
     g = torch.Generator().manual_seed(13)
     w32 = torch.randn(24, 64, generator=g)
     weights = [quantize_mx(w32, "e2m1", block_size=32, scale_mode="floor"),

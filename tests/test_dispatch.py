@@ -15,6 +15,7 @@ import torch
 
 import fp4ref.ops as fops
 from fp4ref.formats import ELEMENT_FORMATS, FORMATS
+from helpers import GemmKernelStub
 
 HAS_CXX = shutil.which("g++") is not None or shutil.which("c++") is not None
 
@@ -117,19 +118,9 @@ def test_prepared_fp4_linear_runs_on_the_kernels(device, monkeypatch):
     from fp4ref.nvfp4 import quantize_nvfp4
 
     if device.type == "cpu":
-        class Stub:
-            def gemm_fp4_linear_small(self, x, w, scales, block_size, e4m3, alpha, divisor, out_dtype, pipelined):
-                return torch.zeros(x.shape[0], w.shape[0], dtype=out_dtype)
-
-            def gemm_dequant_bf16(self, data, scales, block_size, e4m3):
-                return torch.zeros(data.shape[0], data.shape[1] * 2, dtype=torch.bfloat16)
-
-            def gemm_bf16_cublas(self, a, b, alpha, out_dtype):
-                return torch.zeros(a.shape[0], b.shape[0], dtype=out_dtype)
-
         monkeypatch.setattr(fops, "_cuda_module", lambda: fp4ref_cuda)
         monkeypatch.setattr(cg, "_usable", lambda *qs: True)
-        monkeypatch.setattr(cg, "_ops", lambda: Stub())
+        monkeypatch.setattr(cg, "_ops", lambda: GemmKernelStub(0.0))
     w32 = _x((48, 256), torch.float32, device, seed=3)
     weights = [quantize_mx(w32, "e2m1", scale_mode="floor"), quantize_mx(w32, "e2m1", scale_mode="stretch"),
                quantize_nvfp4(w32)]

@@ -350,6 +350,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, llama):
         (("--model", llama, "--out", tmp_path / "o7", "--calib", "-3"), "must be >= 0"),
         (("--model", llama, "--out", tmp_path / "o8", "--shard-size", "lots"), "not a size"),
         (("--calib-text", llama / "calib.txt",), "needs --model"),
+        (("--model", llama, "--out", tmp_path / "o9", "--calib-text", llama / "calib.txt", "--eval-text",
+          tmp_path / "short.txt", "--eval", 1), "1 windows of 512 tokens need 512 tokens, the text gives 3"),
     ]
     for args, msg in cases:
         r = _cli(*args)
@@ -357,7 +359,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, llama):
         assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert (tmp_path / "notempty" / "keep.txt").read_text() == "mine"
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 10))
 
 
 def test_shards_and_index(tmp_path, llama):
