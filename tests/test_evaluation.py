@@ -203,3 +203,20 @@ def test_compare_table_and_verdict_lines():
     assert lines[0].startswith("- GPTQ vs RTN: better") and lines[1].startswith("- GPTQ + QEP(0.5) vs GPTQ: better")
     eff = model_cli.efficiency_table(rows, Namespace(efficiency=False))
     assert "| float32 | 32.0000 |" in eff and "| GPTQ + QEP(0.5) | 4.2500 |" in eff
+
+
+def test_results_page_claims_table_is_the_stored_runs(capsys):
+    """docs/results.md's claims table is what benchmarks/claims.py derives from the stored results.json files."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("claims", root / "benchmarks" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    assert claims.main([str(root / "docs" / "results_data")]) == 0
+    out = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    page = (root / "docs" / "results.md").read_text()
+    assert len(out) > 30 and "| not run |" not in "\n".join(out)
+    for line in out:
+        assert line in page, line
