@@ -59,7 +59,16 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     if lg.dim() != 2 or y.numel() != lg.shape[0] or y.numel() < 2:
         raise ValueError(f"logits must be (L, V) with L = len(ids) >= 2; got {tuple(logits.shape)}, "
                          f"ids {tuple(ids.shape)}")
-    lp = torch.log_softmax(lg[:-1].double(), dim=-1)
+    return _nll(_log_probs(lg), y)
+
+
+def _log_probs(lg: torch.Tensor) -> torch.Tensor:
+    """float64 log softmax of the predicting positions 0..L-2 of one window's logits (L, V)."""
+    return torch.log_softmax(lg[:-1].double(), dim=-1)
+
+
+def _nll(lp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−lp[t, y[t+1]] for the window's token ids y (L,), on the CPU."""
     return -lp.gather(1, y[1:].to(lp.device).unsqueeze(1)).squeeze(1).cpu()
 
 
@@ -69,10 +78,9 @@ def window_stats(logits_fp: torch.Tensor, logits_q: torch.Tensor, ids: torch.Ten
     if lf.dim() != 2 or lf.shape != lq.shape or y.numel() != lf.shape[0] or y.numel() < 2:
         raise ValueError(f"logits_fp, logits_q must be (L, V) of the same shape with L = len(ids) >= 2; got "
                          f"{tuple(logits_fp.shape)}, {tuple(logits_q.shape)}, ids {tuple(ids.shape)}")
-    lp = torch.log_softmax(lf[:-1].double(), dim=-1)
-    lq_ = torch.log_softmax(lq[:-1].double(), dim=-1)
+    lp, lq_ = _log_probs(lf), _log_probs(lq)
     kl = (lp.exp() * (lp - lq_)).sum(-1)
-    return WindowStats(token_nll(lf, y), token_nll(lq, y), kl.cpu(), (lp.argmax(-1) == lq_.argmax(-1)).double().cpu())
+    return WindowStats(_nll(lp, y), _nll(lq_, y), kl.cpu(), (lp.argmax(-1) == lq_.argmax(-1)).double().cpu())
 
 
 def summarize(stats: Sequence[WindowStats]) -> EvalMetrics:
@@ -130,6 +138,21 @@ def _t_half_width(d: torch.Tensor, level: float) -> float:
     return float(student_t.ppf((1 + level) / 2, d.numel() - 1)) * float(d.std(unbiased=True)) / math.sqrt(d.numel())
 
 
+def _paired(a: Sequence[float], b: Sequence[float], level: float) -> tuple[str, float]:
+    """(call, t half-width) of the paired differences a − b; half-width nan and "cannot tell" for one pair."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a and b must be non-empty and of the same length, got {len(a)} and {len(b)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if len(a) < 2:
+        return "cannot tell", float("nan")
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    m, half = float(d.mean()), _t_half_width(d, level)
+    if not abs(m) > half:
+        return "cannot tell", half
+    return ("better" if m < 0 else "worse"), half
+
+
 def paired_verdict(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> str:
     """Whether metric values ``a`` are lower ("better"), higher ("worse") than ``b`` or "cannot tell".
 
@@ -137,17 +160,7 @@ def paired_verdict(a: Sequence[float], b: Sequence[float], *, level: float = 0.9
     made only when |mean d| > t_{(1+level)/2, K−1} · sd(d)/√K (a two-sided paired t-test); with one draw the
     calibration spread is unknown and the answer is "cannot tell".
     """
-    if len(a) != len(b) or not a:
-        raise ValueError(f"a and b must be non-empty and of the same length, got {len(a)} and {len(b)}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if len(a) < 2:
-        return "cannot tell"
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    m = float(d.mean())
-    if not abs(m) > _t_half_width(d, level):
-        return "cannot tell"
-    return "better" if m < 0 else "worse"
+    return _paired(a, b, level)[0]
 
 
 @dataclass
@@ -171,9 +184,7 @@ def verdict(a: Sequence[EvalMetrics], b: Sequence[EvalMetrics], *, level: float 
     evaluation-text spread by |difference| > 2 · SE, the SE of the per-window differences (averaged over draws)
     across the fixed windows. Anything less is "cannot tell".
     """
-    if len(a) != len(b) or not a:
-        raise ValueError(f"a and b must be non-empty and of the same length, got {len(a)} and {len(b)}")
-    call = paired_verdict([m.dnll_mean for m in a], [m.dnll_mean for m in b], level=level)
+    call, half = _paired([m.dnll_mean for m in a], [m.dnll_mean for m in b], level)
     wa = torch.tensor([m.window_dnll for m in a], dtype=torch.float64).mean(0)
     wb = torch.tensor([m.window_dnll for m in b], dtype=torch.float64).mean(0)
     wd = wa - wb
@@ -181,8 +192,6 @@ def verdict(a: Sequence[EvalMetrics], b: Sequence[EvalMetrics], *, level: float 
     diff = float(wd.mean())
     if not abs(diff) > 2 * se:
         call = "cannot tell"
-    d = torch.tensor([x.dnll_mean - y.dnll_mean for x, y in zip(a, b)], dtype=torch.float64)
-    half = _t_half_width(d, level) if len(a) > 1 else float("nan")
     return Verdict(diff, half, se, call)
 
 

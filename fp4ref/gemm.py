@@ -56,36 +56,56 @@ def check_fp4_mm(a: object, b: object, out_dtype: object = torch.float32) -> str
 
 
 
-def check_linear_args(x: object, w: object, bias: object = None) -> str:
-    """Argument checks of ``fp4_linear`` (x (..., K) float, w (N, K) quantized, bias (N,)); returns the kind."""
+def check_linear_input(x: object) -> None:
+    """``fp4_linear``'s activation: a float32/bfloat16/float16/float64 tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in OUT_DTYPES:
         raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    check_not_meta(x, "x")
+
+
+def check_fp4_weight(w: object, arg: str = "w") -> str:
+    """An FP4 weight (N, K) as the FP4 GEMMs take it: an MXTensor (elem 'e2m1', blocked along its last
+    dimension) or an NVFP4Tensor, 2-D and valid in itself; returns ``"mx"`` or ``"nvfp4"``. TypeError or
+    ValueError naming ``arg`` otherwise."""
     kind = {MXTensor: "mx", NVFP4Tensor: "nvfp4"}.get(type(w))
     if kind is None:
-        raise TypeError(f"w must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
+        raise TypeError(f"{arg} must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
     if kind == "mx":
-        check_mx_tensor(w, "w")
+        check_mx_tensor(w, arg)
         if w.elem != "e2m1" or w.axis % len(w.shape) != len(w.shape) - 1:
-            raise ValueError(f"w must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
+            raise ValueError(f"{arg} must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
                              f"elem={w.elem!r}, axis={w.axis}")
     else:
-        check_nvfp4_tensor(w, "w")
+        check_nvfp4_tensor(w, arg)
     if len(w.shape) != 2:
-        raise ValueError(f"w must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
-    if x.dim() == 0 or x.shape[-1] != w.shape[1]:
-        raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(w.shape)}; "
+        raise ValueError(f"{arg} must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
+    return kind
+
+
+def check_linear_operands(x: torch.Tensor, w_shape: tuple[int, int], w_device: torch.device,
+                          bias: object) -> None:
+    """``x`` (checked by :func:`check_linear_input`) against a checked weight of ``w_shape`` (N, K) on
+    ``w_device``: x (..., K) on that device; bias None or a float tensor (N,) there."""
+    if x.dim() == 0 or x.shape[-1] != w_shape[1]:
+        raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(w_shape)}; "
                          f"fp4_linear computes x @ wᵀ")
-    if x.device != w.data.device:
-        raise ValueError(f"x is on {x.device} and w is on {w.data.device}: x and w must be on one device")
+    if x.device != w_device:
+        raise ValueError(f"x is on {x.device} and w is on {w_device}: x and w must be on one device")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
             raise TypeError(f"bias must be a floating-point tensor or None, got {getattr(bias, 'dtype', type(bias))}")
-        if tuple(bias.shape) != (w.shape[0],):
-            raise ValueError(f"bias must have shape ({w.shape[0]},), got {tuple(bias.shape)}")
+        if tuple(bias.shape) != (w_shape[0],):
+            raise ValueError(f"bias must have shape ({w_shape[0]},), got {tuple(bias.shape)}")
         check_same_device({"x": x, "bias": bias}, "fp4_linear's arguments")
+
+
+def check_linear_args(x: object, w: object, bias: object = None) -> str:
+    """Argument checks of ``fp4_linear`` (x (..., K) float, w (N, K) quantized, bias (N,)); returns the kind."""
+    check_linear_input(x)
+    check_not_meta(x, "x")
+    kind = check_fp4_weight(w, "w")
+    check_linear_operands(x, w.shape, w.data.device, bias)
     return kind
 
 

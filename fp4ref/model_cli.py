@@ -197,7 +197,7 @@ class _EmbeddedRun:
                                                calib_len=self.calib_len, seeds=args.seeds)
             except ValueError as e:
                 self.error = f"--seeds {args.seeds} --calib {self.n_calib} --calib-len {self.calib_len}: " + \
-                    str(e).split(": ", 1)[-1].replace("seeds=", "")
+                    str(e).replace("seeds=", "", 1)
                 return
             where = f"{args.seeds} disjoint seeded draws after the evaluation slice"
         _, self.evals = models.split_windows(tokens, seq_len=512, n_calib=0, n_eval=self.n_eval)

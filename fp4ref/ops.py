@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 
 from . import codecs, layouts, mx, nvfp4
-from .codecs import check_bool, check_decode_args, check_encode_args, check_same_device, check_uint8_tensor
+from .codecs import check_bool, check_decode_args, check_encode_args, check_uint8_tensor
 from .layouts import check_unswizzle_args
-from .mx import MXTensor, check_dequantize_mx_args, check_mx_args, check_mx_tensor
-from .nvfp4 import NVFP4Tensor, check_dequantize_nvfp4_args, check_nvfp4_args, check_nvfp4_tensor
+from .mx import MXTensor, check_dequantize_mx_args, check_mx_args
+from .nvfp4 import NVFP4Tensor, check_dequantize_nvfp4_args, check_nvfp4_args
 
 __all__ = [
     "backend", "encode", "decode", "pack_fp4", "unpack_fp4", "swizzle_scales", "unswizzle_scales",
@@ -198,9 +198,6 @@ def fp4_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Te
 
 
 # --- §8 GEMM with a weight prepared once (FP4Linear's decode path) ----------------------------------------
-_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # fp4ref.gemm.OUT_DTYPES
-
-
 def _backend_fn(name: str) -> Callable | None:
     """The CUDA backend's function ``name``: ``fp4ref_cuda.<name>``, else ``fp4ref_cuda.gemm.<name>`` (the GEMM
     module, which need not re-export it), else None."""
@@ -209,25 +206,6 @@ def _backend_fn(name: str) -> Callable | None:
         return None
     fn = getattr(mod, name, None)
     return fn if fn is not None else getattr(getattr(mod, "gemm", None), name, None)
-
-
-def check_fp4_weight(w: object, arg: str = "w") -> str:
-    """An FP4 weight (N, K) as the FP4 GEMMs take it: an MXTensor (elem 'e2m1', blocked along its last
-    dimension) or an NVFP4Tensor, 2-D and valid in itself; returns ``"mx"`` or ``"nvfp4"``. TypeError or
-    ValueError naming ``arg`` otherwise (the weight checks of ``fp4ref.gemm.check_linear_args``)."""
-    kind = {MXTensor: "mx", NVFP4Tensor: "nvfp4"}.get(type(w))
-    if kind is None:
-        raise TypeError(f"{arg} must be an MXTensor (e2m1) or an NVFP4Tensor, got {type(w).__name__}")
-    if kind == "mx":
-        check_mx_tensor(w, arg)
-        if w.elem != "e2m1" or w.axis % len(w.shape) != len(w.shape) - 1:
-            raise ValueError(f"{arg} must be MXFP4 (elem 'e2m1') blocked along its last dimension, got "
-                             f"elem={w.elem!r}, axis={w.axis}")
-    else:
-        check_nvfp4_tensor(w, arg)
-    if len(w.shape) != 2:
-        raise ValueError(f"{arg} must be 2-D (out_features, in_features), got shape {tuple(w.shape)}")
-    return kind
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,7 +252,9 @@ def prepare_fp4_weight(w: MXTensor | NVFP4Tensor) -> PreparedFP4Weight:
     ``w``'s tensors. TypeError/ValueError naming ``w`` if it is not an MXFP4 (e2m1, blocked along K) or NVFP4
     2-D weight, valid in itself.
     """
-    check_fp4_weight(w, "w")
+    from . import gemm
+
+    gemm.check_fp4_weight(w, "w")
     if backend(w) != "cuda" or torch.compiler.is_compiling():  # (a traced graph keeps the op path)
         return PreparedFP4Weight(w)
     prepare, run = _backend_fn("prepare_weight"), _backend_fn("linear_prepared")
@@ -283,24 +263,12 @@ def prepare_fp4_weight(w: MXTensor | NVFP4Tensor) -> PreparedFP4Weight:
 
 
 def _check_prepared_args(x: object, pw: PreparedFP4Weight, bias: object) -> None:
-    """The per-call checks of ``fp4_linear_prepared`` (the weight was checked when prepared): x a float tensor
-    (..., K) on the weight's device, bias None or a float tensor (N,) on that device."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _X_DTYPES:
-        raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    if x.dim() == 0 or x.shape[-1] != pw.k:
-        raise ValueError(f"K mismatch: x has shape {tuple(x.shape)} and w has shape {tuple(pw.weight.shape)}; "
-                         f"fp4_linear computes x @ wᵀ")
-    if x.device != pw.device:
-        raise ValueError(f"x is on {x.device} and w is on {pw.device}: x and w must be on one device")
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
-            raise TypeError(f"bias must be a floating-point tensor or None, got {getattr(bias, 'dtype', type(bias))}")
-        if bias.shape != (pw.n,):
-            raise ValueError(f"bias must have shape ({pw.n},), got {tuple(bias.shape)}")
-        if bias.device != x.device:
-            check_same_device({"x": x, "bias": bias}, "fp4_linear's arguments")
+    """The per-call checks of ``fp4_linear_prepared``: ``fp4_linear``'s, less the weight's (checked when
+    prepared)."""
+    from . import gemm
+
+    gemm.check_linear_input(x)
+    gemm.check_linear_operands(x, pw.shape, pw.device, bias)
 
 
 def fp4_linear_prepared(x: torch.Tensor, pw: PreparedFP4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
