@@ -27,23 +27,24 @@ def usage_error(prog: str, message: str) -> int:
     return 2
 
 
-def count(text: str) -> int:
-    """argparse type: a non-negative integer."""
+def _at_least(text: str, lo: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
     return v
+
+
+def count(text: str) -> int:
+    """argparse type: a non-negative integer."""
+    return _at_least(text, 0)
 
 
 def positive(text: str) -> int:
     """argparse type: a positive integer."""
-    v = count(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _at_least(text, 1)
 
 
 def alphas(text: str) -> tuple[float, ...]:
